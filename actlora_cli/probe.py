@@ -1,0 +1,103 @@
+"""The probe stage: config -> per-layer scores -> ``<run>/scores.json``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import artifacts, ui
+from .config import Config, dump_yaml
+from .data import Encoded, batch_indices, collate, encode, load_examples, task_spec
+from .modeling import Architecture, load_model, load_tokenizer, locate, pick_device
+from .scoring import SCORERS
+from .selection import min_max
+
+
+@dataclass
+class Loaded:
+    """A model ready for a stage: the module, its tokenizer and located architecture, and its device."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    arch: Architecture
+    device: torch.device
+    seconds: float
+
+
+def load_for(cfg: Config, num_labels: int, device: torch.device | None = None) -> Loaded:
+    start = time.perf_counter()
+    device = device or pick_device()
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, num_labels, device, pad_token_id=tokenizer.pad_token_id)
+    return Loaded(model, tokenizer, locate(model), device, time.perf_counter() - start)
+
+
+def probe_batches(data: Encoded, steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """S batches of indices, reshuffled (seed + pass) whenever the split runs out."""
+    produced, epoch = 0, 0
+    while produced < steps:
+        for indices in batch_indices(len(data), batch_size, shuffle=True, seed=seed + epoch):
+            if produced == steps:
+                return
+            yield indices
+            produced += 1
+        epoch += 1
+
+
+def write_resolved(cfg: Config) -> None:
+    artifacts.atomic_write_text(cfg.run_dir / "config.resolved.yaml", dump_yaml(cfg))
+
+
+def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
+    """Score every layer with the configured scorer and write ``scores.json``; returns the document."""
+    started = time.perf_counter()
+    spec = task_spec(cfg.task)
+    loaded = loaded or load_for(cfg, spec.num_labels)
+    examples = load_examples(cfg.task, spec, cfg.task.train_split)
+    data = encode(loaded.tokenizer, examples, cfg.task.max_length, spec.is_regression)
+    p = cfg.probe
+    scorer = SCORERS[p.scorer]
+    with ui.progress(f"probe {p.scorer}@{p.site}", p.steps) as advance:
+
+        def batches():
+            for indices in probe_batches(data, p.steps, p.batch_size, p.seed):
+                yield collate(data, indices)
+                advance()
+
+        stat = scorer(loaded.model, loaded.arch, batches(), p.site, loaded.device)
+    scores, flat = min_max(stat.raw)
+    if flat:
+        ui.note("[yellow]warning:[/] every layer has the same statistic; the ranking falls back to layer order")
+    doc = artifacts.write_artifact(
+        cfg.run_dir / "scores.json",
+        "scores",
+        {
+            "scorer": p.scorer,
+            "site": p.site,
+            "model": loaded.arch.identity(cfg.model.name),
+            "task": {"name": spec.name, "split": cfg.task.train_split, "max_length": cfg.task.max_length},
+            "steps": p.steps,
+            "batch_size": p.batch_size,
+            "seed": p.seed,
+            "batches_seen": stat.batches,
+            "examples_seen": stat.examples,
+            "tokens_seen": stat.tokens,
+            "raw": stat.raw,
+            "scores": scores,
+            "flat": flat,
+            "device": str(loaded.device),
+            "timings": {
+                "load_s": round(loaded.seconds, 4),
+                "probe_s": round(stat.forward_seconds, 4),
+                "per_batch_ms": round(1000 * stat.forward_seconds / max(stat.batches, 1), 3),
+                "total_s": round(time.perf_counter() - started + loaded.seconds, 4),
+            },
+            "provenance": artifacts.provenance(cfg.hash()),
+        },
+    )
+    write_resolved(cfg)
+    return doc

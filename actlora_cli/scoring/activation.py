@@ -1,0 +1,95 @@
+"""Act-LoRA's statistic (Algorithm 1): per layer, the mean over non-pad tokens of the per-token L2 norm of
+the activation at the probe site, averaged over the probe batches."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..modeling import Architecture, Site
+
+
+@dataclass
+class LayerStatistic:
+    """What a scorer returns: per-layer raw values and what they were computed over."""
+
+    raw: list[float]
+    batches: int
+    tokens: int
+    examples: int
+    forward_seconds: float
+
+
+class _Accumulator:
+    """Per-layer sums of per-batch masked-mean norms, kept on the device (no host sync per layer)."""
+
+    def __init__(self, num_layers: int, device: torch.device):
+        self.sums = torch.zeros(num_layers, dtype=torch.float64, device=device)
+        self.tokens = torch.zeros((), dtype=torch.float64, device=device)
+        self.mask: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    def set_batch(self, attention_mask: torch.Tensor) -> None:
+        self.mask = attention_mask.to(torch.float32)
+        self.count = self.mask.sum()
+        self.tokens += self.count
+
+    def add(self, index: int, hidden: torch.Tensor) -> None:
+        norms = torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)  # (batch, tokens)
+        self.sums[index] += (norms * self.mask).sum() / self.count
+
+
+@contextlib.contextmanager
+def probe_hooks(model: nn.Module, arch: Architecture, site: Site, acc: _Accumulator) -> Iterator[None]:
+    """Forward hooks on every layer's probe point; removed on exit, and checked to be gone."""
+    installed = []
+    for index in range(arch.num_layers):
+        name, which = arch.probe_point(site, index)
+        module = model.get_submodule(name)
+        if which == "input":
+            handle = module.register_forward_pre_hook(lambda _m, args, i=index: acc.add(i, args[0]))
+            installed.append((module._forward_pre_hooks, handle))
+        else:
+            handle = module.register_forward_hook(
+                lambda _m, _args, out, i=index: acc.add(i, out[0] if isinstance(out, tuple) else out)
+            )
+            installed.append((module._forward_hooks, handle))
+    try:
+        yield
+    finally:
+        for _, handle in installed:
+            handle.remove()
+        leaked = [h.id for registry, h in installed if h.id in registry]
+        assert not leaked, f"probe hooks still registered after removal: {leaked}"
+
+
+def activation_norms(
+    model: nn.Module,
+    arch: Architecture,
+    batches: Iterable[dict[str, torch.Tensor]],
+    site: Site,
+    device: torch.device,
+) -> LayerStatistic:
+    """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l."""
+    acc = _Accumulator(arch.num_layers, device)
+    n_batches = examples = 0
+    model.eval()
+    start = time.perf_counter()
+    with torch.inference_mode(), probe_hooks(model, arch, site, acc):
+        for batch in batches:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+            acc.set_batch(batch["attention_mask"])
+            model(**batch)
+            n_batches += 1
+            examples += batch["input_ids"].shape[0]
+    # one host sync at the end: hooks only queue reductions, so the probe runs at inference speed
+    raw = (acc.sums / max(n_batches, 1)).tolist()
+    seconds = time.perf_counter() - start
+    return LayerStatistic(
+        raw=raw, batches=n_batches, tokens=int(acc.tokens.item()), examples=examples, forward_seconds=seconds
+    )

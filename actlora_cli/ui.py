@@ -1,0 +1,48 @@
+"""Console output: results to stdout (pipeline-friendly), progress and notes to stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+out = Console()
+err = Console(stderr=True)
+
+
+def quiet() -> bool:
+    """True on non-main DDP ranks: only rank 0 talks."""
+    return int(os.environ.get("RANK", "0")) != 0
+
+
+def note(message: str) -> None:
+    if not quiet():
+        err.print(message)
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[callable]:
+    """A progress bar on stderr; yields ``advance(n=1, **fields)``. Silent on non-main ranks."""
+    if quiet():
+        yield lambda *a, **k: None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def advance(n: int = 1, info: str | None = None) -> None:
+            bar.update(task, advance=n, **({"info": info} if info is not None else {}))
+
+        yield advance
