@@ -98,8 +98,13 @@ def _config(config: Path | None, overrides: list[str] | None, values: dict[str, 
 
 
 def _quiet_libraries() -> None:
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
+    # deprecation chatter between peft and transformers versions is not the user's business
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
@@ -173,6 +178,83 @@ def rank(
         ui.out.print(
             f"selected layers {doc['layers']} (C(k)={doc['coverage']:.3f}) -> {cfg.run_dir / 'selection.json'}"
         )
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    k: KOpt = None,
+    tau: TauOpt = None,
+    seed: SeedOpt = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="train.epochs")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="train.lr")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train LoRA on the layer plan: <run>/selection.json, or ranked on the fly from scores.json when --k or
+    --tau is given; --k all is plain LoRA on every layer (the baseline; needs no probe). Writes <run>/adapter
+    (PEFT format), checkpoints/, train_log.jsonl and train_summary.json."""
+    with _handled(debug):
+        cfg = _config(
+            config,
+            [*(set_ or []), *_rule_overrides(k, tau)],
+            {"output_dir": output_dir, "train.seed": seed, "train.epochs": epochs, "train.lr": lr,
+             "train.max_steps": max_steps},
+        )
+        _quiet_libraries()
+        from .train import run_train
+
+        doc = run_train(cfg, rule_from_flags=k is not None or tau is not None, resume=resume)
+        if not ui.quiet():
+            table = Table(title=f"train: {doc['model']['name']} on {doc['task']['name']}, layers {doc['plan']['layers']}")
+            table.add_column("")
+            table.add_column("value", justify="right")
+            for split, values in doc["final_metrics"].items():
+                for name, value in values.items():
+                    table.add_row(f"{split} {name}", f"{value:.4f}")
+            table.add_row("trainable parameters", f"{doc['trainable_parameters']:,} ({100 * doc['trainable_share']:.3f}%)")
+            table.add_row("steps / epochs", f"{doc['steps']} / {doc['epochs']}")
+            table.add_row("samples/s", f"{doc['samples_per_second']}")
+            ms = doc["mean_step_ms"]
+            table.add_row("step ms (fwd / bwd / opt)", f"{ms['forward']:.1f} / {ms['backward']:.1f} / {ms['optimizer']:.1f}")
+            table.add_row("device-hours", f"{doc['device_hours']:.5f} ({doc['device']} x{doc['world_size']})")
+            if doc["peak_memory_mib"] is not None:
+                table.add_row("peak memory MiB", f"{doc['peak_memory_mib']}")
+            ui.out.print(table)
+            ui.out.print(f"adapter -> {cfg.run_dir / 'adapter'}")
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Evaluate <run>/adapter on the task's validation split(s): the GLUE metric(s), and latency (ms per
+    example, p50/p90) and throughput at the eval batch size, adapters unmerged and merged. Writes eval.json."""
+    with _handled(debug):
+        cfg = _config(config, set_, {"output_dir": output_dir})
+        _quiet_libraries()
+        from .evaluation import run_eval
+
+        doc = run_eval(cfg)
+        if not ui.quiet():
+            table = Table(title=f"eval: {doc['model']['name']} on {doc['task']['name']} ({doc['device']})")
+            table.add_column("")
+            table.add_column("value", justify="right")
+            for split, values in doc["metrics"].items():
+                for name, value in values.items():
+                    table.add_row(f"{split} {name}", f"{value:.4f}")
+            for mode in ("unmerged", "merged"):
+                tm = doc["timing"][mode]
+                table.add_row(f"latency ms/example p50 / p90 ({mode})", f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}")
+                table.add_row(f"throughput samples/s ({mode})", f"{tm['throughput_samples_per_s']:.1f}")
+            ui.out.print(table)
+            ui.out.print(f"-> {cfg.run_dir / 'eval.json'}")
 
 
 @data_app.command("fetch")

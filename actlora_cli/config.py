@@ -36,6 +36,11 @@ class ModelSection(Section):
         "auto", description="Weights dtype. auto: float32 on CPU, bfloat16 on CUDA where supported, else float16."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    quantization: Literal["none", "nf4"] = Field(
+        "none",
+        description="nf4: QLoRA base, 4-bit NF4 with double quantisation and bf16 compute (bitsandbytes, CUDA); "
+        "the task head stays out of 4-bit.",
+    )
     random_init: bool = Field(
         False, description="Build the architecture from the model's config with random weights (benchmarks, tests)."
     )
@@ -151,6 +156,9 @@ class TrainSection(Section):
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warm-up.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    save_every: int | None = Field(
+        None, ge=1, description="Also checkpoint every N optimizer steps (checkpoints are made at each epoch end)."
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA with bf16, fp16 + grad scaler on other CUDA, fp32 on CPU."
     )

@@ -158,6 +158,10 @@ def load_model(
                 hf_config, trust_remote_code=cfg.trust_remote_code, dtype=dtype
             )
         else:
+            if cfg.quantization == "nf4":
+                extra_load = {"quantization_config": nf4_config(), "device_map": {"": device}}
+            else:
+                extra_load = {}
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()  # the "classifier newly initialised" report is expected here
             try:
@@ -167,10 +171,36 @@ def load_model(
                     revision=cfg.revision,
                     trust_remote_code=cfg.trust_remote_code,
                     dtype=dtype,
+                    **extra_load,
                 )
             finally:
                 hf_logging.set_verbosity(verbosity)
-    return model.to(device).eval()
+    if cfg.quantization == "none":
+        model = model.to(device)
+    return model.eval()
+
+
+# The task head (and DeBERTa's pooler) stays in full precision: it is trained, and it is tiny.
+HEAD_NAMES = ["classifier", "score", "pooler"]
+
+
+def nf4_config():
+    """QLoRA's base: 4-bit NF4 weights with double quantisation, bf16 compute, the head kept out of 4-bit."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError(
+            Problem("model.quantization", "nf4 needs bitsandbytes", "pip install 'actlora[qlora]' (CUDA machines)")
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=HEAD_NAMES,
+    )
 
 
 def _find_stack(model: nn.Module, num_layers: int | None) -> tuple[str, nn.ModuleList]:
@@ -256,10 +286,6 @@ def target_suffixes(arch: Architecture, targets: list[str]) -> list[str]:
         else:
             out.append(target)
     return out
-
-
-def module_by_name(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
 
 
 def pick_device(prefer: str | None = None) -> torch.device:

@@ -33,7 +33,7 @@ DOMAIN_FILES = {
 VALIDATION_SHARE = 0.2
 SPLIT_SEED = 2014  # fixed: the splits are part of the task definition, not of a run
 NEUTRAL_BAND = 0.5
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def cache_dir(override: str | None = None) -> Path:
@@ -64,13 +64,12 @@ def parse_ground_truth(raw: bytes) -> list[tuple[str, float, str]]:
 
 def split_rows(rows: list, seed: int = SPLIT_SEED, share: float = VALIDATION_SHARE) -> dict[str, list]:
     """A seeded, deterministic train/validation split of every sentence (binary tasks filter afterwards,
-    so a sentence is in the same split for the binary and the rating task)."""
+    so a sentence is in the same split for the binary and the rating task). Each split stays in shuffled
+    order: the source files are sorted by sentiment, and ``max_*_examples`` takes the first N."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     n_val = round(len(rows) * share)
-    val = sorted(order[:n_val])
-    train = sorted(order[n_val:])
-    return {"train": [rows[i] for i in train], "validation": [rows[i] for i in val]}
+    return {"train": [rows[i] for i in order[n_val:]], "validation": [rows[i] for i in order[:n_val]]}
 
 
 def prepare_from_sdist(sdist: Path, root: Path) -> dict:

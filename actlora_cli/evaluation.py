@@ -1,0 +1,149 @@
+"""The eval stage: base model + the run's adapter -> GLUE metric(s), latency and throughput -> eval.json.
+
+Latency and throughput are measured at the eval batch size with the adapters unmerged (as the paper
+measures: swapping adapters is the point of keeping them separate) and merged into the base weights.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import artifacts, metrics, ui
+from .config import Config
+from .data import Encoded, TaskSpec, batch_indices, collate, encode, eval_splits, load_examples, shard, task_spec
+from .distributed import Dist, setup
+from .errors import ArtifactError, Problem
+from .probe import load_for, write_resolved
+
+
+def _gather(array: np.ndarray, ctx: Dist) -> list[np.ndarray]:
+    if not ctx.enabled:
+        return [array]
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * ctx.world
+    dist.all_gather_object(parts, array)
+    return parts
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module, data: Encoded, batch_size: int, ctx: Dist, autocast: Callable = nullcontext
+) -> np.ndarray:
+    """Logits for every example in order; under DDP each rank scores its shard and the shards are gathered."""
+    model.eval()
+    order = [i for batch in batch_indices(len(data), batch_size, shuffle=False) for i in batch]
+    mine = shard(order, ctx.rank, ctx.world)
+    outputs = []
+    for start in range(0, len(mine), batch_size):
+        batch = collate(data, mine[start : start + batch_size])
+        batch.pop("labels")
+        with autocast():
+            logits = model(**{k: v.to(ctx.device) for k, v in batch.items()}).logits
+        outputs.append(logits.float().cpu().numpy())
+    local = np.concatenate(outputs) if outputs else np.zeros((0, 1), dtype=np.float32)
+    logits = np.zeros((len(data), local.shape[1] if len(local) else 1), dtype=np.float32)
+    for rank, part in enumerate(_gather(local, ctx)):
+        logits[shard(order, rank, ctx.world)] = part
+    return logits
+
+
+def evaluate_metrics(
+    model: torch.nn.Module, data: Encoded, spec: TaskSpec, batch_size: int, ctx: Dist, autocast: Callable = nullcontext
+) -> dict[str, float]:
+    logits = predict(model, data, batch_size, ctx, autocast)
+    return metrics.compute(spec.metrics, logits, data.labels.numpy(), spec.is_regression)
+
+
+@torch.inference_mode()
+def time_inference(
+    model: torch.nn.Module, data: Encoded, batch_size: int, device: torch.device, max_batches: int = 50, warmup: int = 2
+) -> dict[str, float]:
+    """Per-example latency (p50, p90, mean over batches: batch time / batch size) and throughput."""
+    model.eval()
+    batches = batch_indices(len(data), batch_size, shuffle=False)[: max_batches + warmup]
+    per_example, seconds, examples = [], 0.0, 0
+    for n, indices in enumerate(batches):
+        batch = collate(data, indices)
+        batch.pop("labels")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(**batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        if n >= warmup or len(batches) <= warmup:
+            per_example.append(1000 * elapsed / len(indices))
+            seconds += elapsed
+            examples += len(indices)
+    return {
+        "latency_ms_p50": round(float(np.percentile(per_example, 50)), 4),
+        "latency_ms_p90": round(float(np.percentile(per_example, 90)), 4),
+        "latency_ms_mean": round(float(np.mean(per_example)), 4),
+        "throughput_samples_per_s": round(examples / seconds, 3),
+        "batches_timed": len(per_example),
+    }
+
+
+def load_trained(cfg: Config, num_labels: int, ctx: Dist):
+    """Base model from the config plus the run's adapter (PEFT format), as PeftModel.from_pretrained does."""
+    from peft import PeftModel
+
+    adapter = cfg.run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ArtifactError(Problem(str(adapter), "no adapter", "run `actlora train` with this config first"))
+    loaded = load_for(cfg, num_labels, ctx.device)
+    summary_path = cfg.run_dir / "train_summary.json"
+    if summary_path.is_file():
+        artifacts.read_artifact(summary_path, "train_summary", model_name=cfg.model.name)
+    model = PeftModel.from_pretrained(loaded.model, str(adapter)).to(ctx.device).eval()
+    return loaded, model
+
+
+def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
+    """Metrics on the evaluation split(s), then latency/throughput unmerged and merged; writes eval.json."""
+    ctx = setup()
+    spec = task_spec(cfg.task)
+    loaded, model = load_trained(cfg, spec.num_labels, ctx)
+    splits = eval_splits(cfg.task, spec)
+    data = {
+        s: encode(loaded.tokenizer, load_examples(cfg.task, spec, s), cfg.task.max_length, spec.is_regression)
+        for s in splits
+    }
+    results = {s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx) for s, d in data.items()}
+    first = data[splits[0]]
+    timing = {}
+    if ctx.is_main:
+        with ui.progress("latency", 2) as advance:
+            timing["unmerged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches)
+            advance()
+            model.merge_adapter()
+            timing["merged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches)
+            merged_metrics = evaluate_metrics(model, first, spec, cfg.train.eval_batch_size, Dist(0, 1, 0, ctx.device))
+            model.unmerge_adapter()
+            advance()
+        timing["merged_metrics_match"] = all(
+            abs(merged_metrics[k] - results[splits[0]][k]) < 1e-3 for k in merged_metrics
+        )
+    doc = {
+        "model": loaded.arch.identity(cfg.model.name),
+        "task": {"name": spec.name, "splits": {s: len(d) for s, d in data.items()}},
+        "metrics": results,
+        "timing": timing,
+        "batch_size": cfg.train.eval_batch_size,
+        "device": str(ctx.device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "world_size": ctx.world,
+        "provenance": artifacts.provenance(cfg.hash()),
+    }
+    if ctx.is_main:
+        doc = artifacts.write_artifact(cfg.run_dir / "eval.json", "eval", doc)
+        write_resolved(cfg)
+    return doc

@@ -1,0 +1,394 @@
+"""The train stage: LoRA on the layer plan, a plain AdamW loop, cost accounting per step, PEFT-format
+checkpoints and exact resume.
+
+``run_train`` reads top to bottom: plan -> model -> data -> optimizer -> loop -> summary. Under torchrun
+the same function runs on every rank (DDP wraps the model after the plan is applied); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import artifacts, ui
+from .adapters import adapted_layers, apply_lora, count_parameters
+from .config import Config
+from .data import Encoded, batch_indices, collate, encode, eval_splits, load_examples, shard, task_spec, to_device
+from .distributed import Dist, all_reduce_sum, barrier, setup
+from .errors import ActloraError, ArtifactError, Problem
+from .evaluation import evaluate_metrics
+from .probe import load_for, write_resolved
+from .rank import plan_from_scores
+from .selection import Plan
+
+
+class NonFiniteLoss(ActloraError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan
+
+
+def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[Plan, str]:
+    """Which layers get LoRA, and where that came from.
+
+    k='all' needs no scores. A --k/--tau given to ``train`` ranks on the fly from scores.json; otherwise the
+    run's selection.json (from ``actlora rank``) is used, or, when there is none, the config's rule applied
+    to scores.json.
+    """
+    if cfg.rank.k == "all":
+        layers = list(range(num_layers))
+        return Plan(layers, num_layers, None, "all", layers, [(i + 1) / num_layers for i in layers]), "all layers"
+    selection_path = cfg.run_dir / "selection.json"
+    if not rule_from_flags and selection_path.is_file():
+        doc = artifacts.read_artifact(selection_path, "selection", model_name=cfg.model.name)
+        plan = Plan(doc["layers"], doc["k"], doc["tau"], doc["rule"], doc["ranking"], doc["cumulative_importance"])
+        return plan, str(selection_path)
+    scores_path = cfg.run_dir / "scores.json"
+    if not scores_path.is_file() and cfg.rank.k is None and cfg.rank.tau is None:
+        raise ArtifactError(
+            Problem(str(selection_path), "no layer plan", "run `actlora probe` and `actlora rank`, or pass --k all")
+        )
+    scores = artifacts.read_artifact(scores_path, "scores", model_name=cfg.model.name)
+    return plan_from_scores(cfg, scores), f"{scores_path} ({cfg.rank.k=}, {cfg.rank.tau=})".replace("cfg.rank.", "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    """Linear warm-up to the peak, then linear decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a grad scaler is needed)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, device.type == "cuda")}[
+        precision
+    ]
+
+
+class PhaseTimer:
+    """Step phases timed with CUDA events on GPU (no mid-step sync), a synchronous clock on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.marks: list[Any] = []
+
+    def start(self) -> None:
+        self.marks = []
+        self.mark()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def memory(self, peak: bool = False) -> float | None:
+        if not self.cuda:
+            return None
+        fn = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
+        return round(fn(self.device) / 2**20, 1)
+
+    def durations_ms(self) -> list[float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [1000 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int, epoch: int, extra: dict) -> None:
+    """Adapter + head in PEFT's format, and the loop state; written beside and swapped in, so a crash
+    mid-save leaves the previous checkpoint whole."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "adapter")
+    torch.save(
+        {
+            "step": step,
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng_state(),
+            **extra,
+        },
+        tmp / "state.pt",
+    )
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_adapter_weights(model, adapter_dir: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train LoRA on the plan; write adapter/, checkpoints/, train_log.jsonl and train_summary.json."""
+    started = time.perf_counter()
+    ctx: Dist = setup()
+    t = cfg.train
+    spec = task_spec(cfg.task)
+    seed_everything(t.seed)
+
+    loaded = load_for(cfg, spec.num_labels, ctx.device)
+    plan, plan_source = resolve_plan(cfg, loaded.arch.num_layers, rule_from_flags)
+    model = apply_lora(loaded.model, loaded.arch, cfg.lora, plan.layers)
+    assert adapted_layers(model, loaded.arch) == sorted(plan.layers), "LoRA landed outside the plan"
+    trainable, total = count_parameters(model)
+    ddp_model = model
+    if ctx.enabled:
+        # the plan is fixed before wrapping; every trainable parameter is used every step
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=False
+        )
+
+    train_data = encode(loaded.tokenizer, load_examples(cfg.task, spec, cfg.task.train_split), cfg.task.max_length,
+                        spec.is_regression)
+    eval_data = {
+        split: encode(loaded.tokenizer, load_examples(cfg.task, spec, split), cfg.task.max_length, spec.is_regression)
+        for split in eval_splits(cfg.task, spec)
+    }
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if ctx.device.type == "cuda" else {})
+    )
+    steps_per_epoch = math.ceil(len(train_data) / t.batch_size)
+    total_steps = math.ceil(t.epochs * steps_per_epoch)
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, round(t.warmup_ratio * total_steps)))
+    amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    autocast = (lambda: torch.autocast(ctx.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+
+    run_dir = cfg.run_dir
+    ckpt_dir = run_dir / "checkpoints"
+    log_path = run_dir / "train_log.jsonl"
+    step = 0
+    if resume:
+        last = ckpt_dir / "last"
+        if not (last / "state.pt").is_file():
+            raise ArtifactError(Problem(str(last), "no checkpoint to resume from", "drop --resume to start afresh"))
+        load_adapter_weights(model, last / "adapter")
+        state = torch.load(last / "state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        if ctx.is_main and log_path.is_file():
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            artifacts.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+        ui.note(f"resumed from {last} at step {step}")
+    elif ctx.is_main:
+        log_path.unlink(missing_ok=True)
+    if ctx.is_main:
+        write_resolved(cfg)
+        ui.note(
+            f"LoRA r={cfg.lora.r} on {', '.join(cfg.lora.targets)} of layers {plan.layers} "
+            f"(from {plan_source}); trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
+        )
+
+    timer = PhaseTimer(ctx.device)
+    micro = t.batch_size // t.grad_accum
+    phase_totals = np.zeros(3)
+    samples_done = steps_this_run = 0
+    loop_start = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    log = log_path.open("a") if ctx.is_main else None
+    ddp_model.train()
+    with ui.progress("train", total_steps) as advance:
+        advance(step)
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            batches = batch_indices(
+                len(train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
+                lengths=train_data.lengths if t.group_by_length else None,
+            )
+            for global_batch in batches[step - epoch * steps_per_epoch :]:
+                timer.start()
+                chunks = [global_batch[i : i + micro] for i in range(0, len(global_batch), micro)]
+                loss_sum = torch.zeros((), device=ctx.device)
+                for i, chunk in enumerate(chunks):
+                    batch = to_device(collate(train_data, shard(chunk, ctx.rank, ctx.world)), ctx.device)
+                    labels = batch.pop("labels")
+                    # gradient sync only on the last micro-batch of the step
+                    sync = ctx.enabled and i < len(chunks) - 1
+                    with ddp_model.no_sync() if sync else nullcontext():
+                        with autocast():
+                            logits = ddp_model(**batch).logits
+                        loss = compute_loss(logits, labels, spec.is_regression) * (len(chunk) / len(global_batch))
+                        timer.mark()
+                        if i == 0:
+                            mem_fwd = timer.memory()
+                        (scaler.scale(loss) if scaler else loss).backward()
+                        timer.mark()
+                    loss_sum += loss.detach()
+                mem_bwd = timer.memory(peak=True)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if t.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                loss_value = float(all_reduce_sum(loss_sum) / ctx.world)
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLoss(
+                        Problem(
+                            f"step {step + 1}",
+                            f"the loss is {loss_value}",
+                            f"the last good checkpoint is kept in {ckpt_dir / 'last'}; lower train.lr or use "
+                            "train.precision=fp32/bf16, then `actlora train --resume`",
+                        )
+                    )
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                timer.mark()
+                step += 1
+                steps_this_run += 1
+                durations = timer.durations_ms()
+                fwd_ms = sum(durations[0:-1:2])  # marks: start, fwd, bwd, fwd, bwd, ..., opt
+                bwd_ms = sum(durations[1:-1:2])
+                opt_ms = durations[-1]
+                phase_totals += (fwd_ms, bwd_ms, opt_ms)
+                samples_done += len(global_batch)
+                record = {
+                    "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_value,
+                    "lr": scheduler.get_last_lr()[0], "forward_ms": round(fwd_ms, 3), "backward_ms": round(bwd_ms, 3),
+                    "optimizer_ms": round(opt_ms, 3), "samples": len(global_batch),
+                    "mem_after_forward_mib": mem_fwd, "mem_peak_backward_mib": mem_bwd,
+                    "mem_after_step_mib": timer.memory(),
+                }
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                rate = samples_done / (time.perf_counter() - loop_start)
+                advance(1, info=f"loss {loss_value:.4f}  {rate:.1f} samples/s")
+                epoch_done = step % steps_per_epoch == 0 or step == total_steps
+                if epoch_done or (t.save_every is not None and step % t.save_every == 0):
+                    if ctx.is_main:
+                        save_checkpoint(ckpt_dir / "last", model, optimizer, scheduler, scaler, step, epoch, {})
+                if epoch_done:
+                    metrics = {
+                        split: evaluate_metrics(model, data, spec, t.eval_batch_size, ctx, autocast)
+                        for split, data in eval_data.items()
+                    }
+                    ddp_model.train()
+                    history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "metrics": metrics})
+                    if ctx.is_main:
+                        shutil.copytree(ckpt_dir / "last" / "adapter", ckpt_dir / f"step-{step}", dirs_exist_ok=True)
+                        shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
+                        ui.note(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown}")
+                    barrier()
+                if step >= total_steps:
+                    break
+    if log is not None:
+        log.close()
+    train_seconds = time.perf_counter() - loop_start
+
+    if ctx.is_main:
+        model.save_pretrained(run_dir / "adapter")
+    barrier()
+    steps_run = max(1, steps_this_run)
+    summary = {
+        "model": loaded.arch.identity(cfg.model.name),
+        "task": {"name": spec.name, "train_examples": len(train_data)},
+        "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule, "source": plan_source},
+        "lora": cfg.lora.model_dump(),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_share": trainable / total,
+        "steps": step,
+        "epochs": round(step / steps_per_epoch, 4),
+        "final_metrics": history[-1]["metrics"] if history else {},
+        "history": history,
+        "mean_step_ms": {
+            name: round(v / steps_run, 3) for name, v in zip(("forward", "backward", "optimizer"), phase_totals)
+        },
+        "train_seconds": round(train_seconds, 3),
+        "samples_per_second": round(samples_done / train_seconds, 3) if train_seconds else None,
+        "device": str(ctx.device),
+        "world_size": ctx.world,
+        "device_hours": round(train_seconds * ctx.world / 3600, 6),
+        "peak_memory_mib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
+        if ctx.device.type == "cuda" else None,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "provenance": artifacts.provenance(cfg.hash()),
+    }
+    if ctx.is_main:
+        summary = artifacts.write_artifact(run_dir / "train_summary.json", "train_summary", summary)
+    return summary

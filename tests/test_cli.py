@@ -1,0 +1,138 @@
+"""The command line end to end through Typer's runner: probe -> rank, errors -> exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from actlora_cli.cli import app
+from tests.conftest import NUM_LAYERS, tiny_config
+
+runner = CliRunner()
+
+
+def _write(tmp_path, cfg: dict, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _invoke(*args):
+    result = runner.invoke(app, list(args))
+    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+@pytest.fixture
+def bert_cfg(tmp_path, tiny_models, tiny_task):
+    return _write(tmp_path, tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run"))
+
+
+def test_probe_then_rank(tmp_path, bert_cfg):
+    result, text = _invoke("probe", "--config", bert_cfg, "--steps", "4")
+    assert result.exit_code == 0, text
+    scores = json.loads((tmp_path / "run" / "scores.json").read_text())
+    assert scores["kind"] == "scores" and scores["schema_version"] == 1
+    assert len(scores["raw"]) == len(scores["scores"]) == NUM_LAYERS
+    assert min(scores["scores"]) == 0.0 and max(scores["scores"]) == 1.0
+    assert scores["batches_seen"] == 4 and scores["examples_seen"] == 32
+    assert scores["model"]["num_layers"] == NUM_LAYERS
+    assert (tmp_path / "run" / "config.resolved.yaml").is_file()
+    resolved = yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())
+    assert resolved["probe"]["steps"] == 4  # the flag is recorded
+
+    result, text = _invoke("rank", "--config", bert_cfg, "--k", "2")
+    assert result.exit_code == 0, text
+    sel = json.loads((tmp_path / "run" / "selection.json").read_text())
+    order = sorted(range(NUM_LAYERS), key=lambda i: (-scores["scores"][i], i))
+    assert sel["layers"] == sorted(order[:2])
+    assert sel["k"] == 2 and sel["rule"] == "top_k"
+    assert len(sel["cumulative_importance"]) == NUM_LAYERS
+
+    result, text = _invoke("rank", "--config", bert_cfg, "--tau", "1.0")
+    assert result.exit_code == 0, text
+    sel = json.loads((tmp_path / "run" / "selection.json").read_text())
+    # the min-score layer has score 0 and adds nothing to C(k): tau=1 needs L-1 layers
+    assert sel["rule"] == "tau" and sel["k"] == NUM_LAYERS - 1
+
+
+def test_flag_k_replaces_tau_from_file(tmp_path, tiny_models, tiny_task):
+    cfg = _write(tmp_path, tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run", rank={"tau": 0.5}))
+    assert _invoke("probe", "-c", cfg)[0].exit_code == 0
+    result, text = _invoke("rank", "-c", cfg, "--k", "all")
+    assert result.exit_code == 0, text
+    assert json.loads((tmp_path / "run" / "selection.json").read_text())["layers"] == list(range(NUM_LAYERS))
+
+
+def test_misspelt_key_exits_2_naming_it(tmp_path, tiny_models, tiny_task):
+    cfg = tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run")
+    cfg["probe"]["stpes"] = 3
+    cfg["trian"] = {"lr": 1}
+    result, text = _invoke("probe", "--config", _write(tmp_path, cfg))
+    assert result.exit_code == 2
+    assert "probe.stpes" in text and "did you mean 'probe.steps'" in text
+    assert "trian" in text and "did you mean 'train'" in text  # both reported together
+    assert "Traceback" not in text
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_bad_flag_values_exit_2(bert_cfg):
+    result, text = _invoke("rank", "--config", bert_cfg, "--k", "three")
+    assert result.exit_code == 2 and "--k" in text
+    result, text = _invoke("probe", "--config", bert_cfg, "--set", "probe.site=middle")
+    assert result.exit_code == 2 and "probe.site" in text
+    result, text = _invoke("probe", "--config", bert_cfg, "--set", "rank.tau=1.5")
+    assert result.exit_code == 2 and "rank.tau" in text
+
+
+def test_rank_without_scores_says_run_probe(bert_cfg):
+    result, text = _invoke("rank", "--config", bert_cfg, "--k", "2")
+    assert result.exit_code == 2
+    assert "scores.json" in text and "actlora probe" in text
+
+
+def test_rank_k_beyond_layers(tmp_path, bert_cfg):
+    assert _invoke("probe", "-c", bert_cfg)[0].exit_code == 0
+    result, text = _invoke("rank", "-c", bert_cfg, "--k", str(NUM_LAYERS + 1))
+    assert result.exit_code == 2
+    assert "rank.k" in text and f"1..{NUM_LAYERS}" in text
+    assert not (tmp_path / "run" / "selection.json").exists()
+
+
+def test_rank_refuses_scores_of_another_model(tmp_path, tiny_models, tiny_task):
+    bert = _write(tmp_path, tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run"), "bert.yaml")
+    roberta = _write(tmp_path, tiny_config(tiny_models["roberta"], tiny_task, tmp_path / "run"), "roberta.yaml")
+    assert _invoke("probe", "-c", bert)[0].exit_code == 0
+    result, text = _invoke("rank", "-c", roberta, "--k", "2")
+    assert result.exit_code == 2
+    assert str(tiny_models["bert"]) in text and str(tiny_models["roberta"]) in text
+    assert "re-run `actlora probe`" in text
+
+
+def test_help_teaches():
+    result, text = _invoke("--help")
+    assert result.exit_code == 0
+    for word in ("probe", "rank", "scores.json", "selection.json"):
+        assert word in text
+    result, text = _invoke("probe", "--help")
+    assert result.exit_code == 0 and "--steps" in text and "--set" in text
+
+
+@pytest.mark.slow
+def test_offline_default_real_minilm(tmp_path):
+    """The README's job on the real packaged MiniLM and the real packaged movie sentences."""
+    out = str(tmp_path / "run")
+    result, text = _invoke("probe", "--config", "configs/minilm_movies.yaml", "-o", out, "--steps", "8")
+    assert result.exit_code == 0, text
+    result, text = _invoke("rank", "--config", "configs/minilm_movies.yaml", "-o", out, "--k", "3")
+    assert result.exit_code == 0, text
+    scores = json.loads((tmp_path / "run" / "scores.json").read_text())
+    sel = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert scores["model"] == {"name": "packaged:all-MiniLM-L6-v2", "model_type": "bert", "num_layers": 6,
+                               "hidden_size": 384}
+    assert len(scores["scores"]) == 6 and len(sel["layers"]) == 3
+    assert scores["examples_seen"] == 8 * 32
+    # MiniLM's post-attention norms are far from flat: the profile has a real spread
+    assert max(scores["raw"]) / min(scores["raw"]) > 1.2

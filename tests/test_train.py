@@ -1,0 +1,234 @@
+"""Training: LoRA only where planned, the backward cut, exact resume, NaN stop, PEFT round trip, eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from actlora_cli import adapters, train
+from actlora_cli.cli import app
+from actlora_cli.config import Config, LoraSection, ModelSection, load_config
+from actlora_cli.modeling import load_model, locate
+from tests.conftest import NUM_LAYERS, tiny_config
+
+HIDDEN = 32
+
+
+def _cfg(tmp_path, tiny_models, tiny_task, family="bert", **sections) -> Config:
+    return Config.model_validate(tiny_config(tiny_models[family], tiny_task, tmp_path / "run", **sections))
+
+
+# --- where LoRA goes, and what it costs ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [[2, 3], [0], [0, 1, 2, 3]])
+def test_lora_only_on_planned_layers_with_exact_parameter_count(tiny_models, layers):
+    model = load_model(ModelSection(name=str(tiny_models["bert"])), 2, torch.device("cpu"))
+    arch = locate(model)
+    wrapped = adapters.apply_lora(model, arch, LoraSection(), layers)
+    assert adapters.adapted_layers(wrapped, arch) == layers
+    trainable, _ = adapters.count_parameters(wrapped)
+    # per layer: Q and V, each A (r x d) and B (d x r); plus the classifier head (d x 2 + 2)
+    assert trainable == len(layers) * 2 * 2 * 8 * HIDDEN + (HIDDEN * 2 + 2)
+    names = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or "classifier" in n for n in names)
+
+
+def _grad_reach(model, arch) -> tuple[list[int], list[bool]]:
+    """Per layer: how many gradients reached its output, and whether its input required grad."""
+    calls = [0] * arch.num_layers
+    input_needs_grad = [False] * arch.num_layers
+    handles = []
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # arch paths are HF paths
+    for i in range(arch.num_layers):
+        layer = inner.get_submodule(arch.layer_path(i))
+
+        def pre(_m, args, kwargs, i=i):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            input_needs_grad[i] = hidden.requires_grad
+
+        def post(_m, _a, out, i=i):
+            out = out[0] if isinstance(out, tuple) else out
+            if out.requires_grad:
+                out.register_hook(lambda g, i=i: calls.__setitem__(i, calls[i] + 1))
+
+        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.register_forward_hook(post))
+    return calls, input_needs_grad, handles
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "llama"])
+@pytest.mark.parametrize("layers,lowest", [([2, 3], 2), ([0, 3], 0)])
+def test_backward_stops_at_lowest_adapted_layer(tiny_models, family, layers, lowest):
+    model = load_model(ModelSection(name=str(tiny_models[family])), 2, torch.device("cpu"))
+    arch = locate(model)
+    wrapped = adapters.apply_lora(model, arch, LoraSection(), layers)
+    wrapped.train()
+    calls, input_needs_grad, handles = _grad_reach(wrapped, arch)
+    ids = torch.randint(6, 20, (3, 9))
+    out = wrapped(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 0])).backward()
+    for h in handles:
+        h.remove()
+    assert calls == [0] * lowest + [1] * (NUM_LAYERS - lowest)
+    # nothing below the lowest adapted layer is in the graph: not even its input needs a gradient
+    assert input_needs_grad == [False] * (lowest + 1) + [True] * (NUM_LAYERS - lowest - 1)
+
+
+def test_training_loop_keeps_the_backward_cut(tmp_path, tiny_models, tiny_task, monkeypatch):
+    """The real loop (not only apply_lora): gradients never reach the layers below the plan."""
+    seen = {}
+    real_apply = adapters.apply_lora
+
+    def apply_and_watch(model, arch, lora, layers):
+        wrapped = real_apply(model, arch, lora, layers)
+        seen["calls"], seen["inputs"], _ = _grad_reach(wrapped, arch)
+        return wrapped
+
+    monkeypatch.setattr(train, "apply_lora", apply_and_watch)
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": None}, train={"max_steps": 3})
+    cfg.run_dir.mkdir(parents=True)
+    _write_selection(cfg, [2, 3])
+    train.run_train(cfg)
+    assert seen["calls"][:2] == [0, 0] and all(c == 3 for c in seen["calls"][2:])
+
+
+def _write_selection(cfg: Config, layers: list[int]) -> None:
+    from actlora_cli import artifacts
+
+    artifacts.write_artifact(
+        cfg.run_dir / "selection.json", "selection",
+        {"layers": layers, "k": len(layers), "tau": None, "rule": "top_k", "ranking": layers,
+         "cumulative_importance": [1.0] * len(layers), "model": {"name": cfg.model.name}},
+    )
+
+
+# --- the loop: logs, resume, NaN ---------------------------------------------------------------------
+
+
+def _adapter_state(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def test_log_and_summary(tmp_path, tiny_models, tiny_task):
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": "all"}, train={"epochs": 1})
+    summary = train.run_train(cfg)
+    log = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 13))  # 96 examples / batch 8
+    assert all(r["forward_ms"] > 0 and r["backward_ms"] > 0 and r["optimizer_ms"] > 0 for r in log)
+    assert summary["steps"] == 12 and summary["plan"]["layers"] == [0, 1, 2, 3]
+    assert summary["trainable_parameters"] == 4 * 2 * 2 * 8 * HIDDEN + HIDDEN * 2 + 2
+    assert set(summary["final_metrics"]["validation"]) == {"accuracy", "f1"}
+    # warm-up then linear decay to zero
+    lrs = [r["lr"] for r in log]
+    assert max(lrs) == pytest.approx(2e-4) and lrs[-1] == pytest.approx(0.0)
+    assert (cfg.run_dir / "checkpoints" / "step-12" / "adapter_model.safetensors").is_file()
+
+
+def test_nan_stops_with_checkpoint_then_resume_matches_uninterrupted(tmp_path, tiny_models, tiny_task, monkeypatch):
+    sections = dict(rank={"k": "all"}, train={"epochs": 2, "save_every": 5})
+    full = _cfg(tmp_path / "a", tiny_models, tiny_task, **sections)
+    train.run_train(full)
+
+    broken = _cfg(tmp_path / "b", tiny_models, tiny_task, **sections)
+    real_loss, calls = train.compute_loss, {"n": 0}
+
+    def poisoned(logits, labels, regression):
+        calls["n"] += 1
+        loss = real_loss(logits, labels, regression)
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(train.NonFiniteLoss) as info:
+        train.run_train(broken)
+    assert "step 8" in str(info.value) and "--resume" in str(info.value)
+    state = torch.load(broken.run_dir / "checkpoints" / "last" / "state.pt", weights_only=False)
+    assert state["step"] == 5  # the last good checkpoint
+
+    monkeypatch.setattr(train, "compute_loss", real_loss)
+    summary = train.run_train(broken, resume=True)
+    assert summary["steps"] == 24
+    a, b = _adapter_state(full.run_dir), _adapter_state(broken.run_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+    log = [json.loads(x)["step"] for x in (broken.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 25))
+
+
+def test_resume_without_checkpoint_exits_2(tmp_path, tiny_models, tiny_task):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run")))
+    result = CliRunner().invoke(app, ["train", "-c", str(path), "--k", "all", "--resume"])
+    assert result.exit_code == 2 and "no checkpoint" in result.output
+
+
+# --- adapters round-trip through peft, and eval ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "llama"])
+def test_peft_loads_adapter_and_reproduces_eval_logits(tmp_path, tiny_models, tiny_task, family):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from actlora_cli import evaluation
+    from actlora_cli.data import encode, load_examples, task_spec
+    from actlora_cli.distributed import Dist
+
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, family, rank={"k": None}, train={"epochs": 1, "lr": 5e-3})
+    cfg.run_dir.mkdir(parents=True)
+    _write_selection(cfg, [1, 3])
+    summary = train.run_train(cfg)
+
+    # ours: eval's own loading path
+    spec = task_spec(cfg.task)
+    loaded, model = evaluation.load_trained(cfg, 2, Dist(0, 1, 0, torch.device("cpu")))
+    data = encode(loaded.tokenizer, load_examples(cfg.task, spec, "validation"), 32, False)
+    ours = evaluation.predict(model, data, 16, Dist(0, 1, 0, torch.device("cpu")))
+
+    # independent: plain transformers + peft, the tokenizer's own padding, one example at a time
+    tok = AutoTokenizer.from_pretrained(tiny_models[family])
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_models[family], num_labels=2)
+    reloaded = PeftModel.from_pretrained(base, str(cfg.run_dir / "adapter")).eval()
+    texts = load_examples(cfg.task, spec, "validation").texts[0]
+    with torch.no_grad():
+        theirs = torch.cat([reloaded(**tok(t, return_tensors="pt", truncation=True, max_length=32)).logits for t in texts])
+    torch.testing.assert_close(torch.from_numpy(ours), theirs, rtol=1e-4, atol=1e-5)
+    assert adapters.adapted_layers(reloaded, locate(base)) == [1, 3]
+    # the trained head came back too (not a fresh random classifier)
+    fresh = AutoModelForSequenceClassification.from_pretrained(tiny_models[family], num_labels=2)
+    head = locate(fresh).head_modules[-1]
+    assert not torch.equal(fresh.get_submodule(head).weight, reloaded.base_model.model.get_submodule(head).modules_to_save["default"].weight)
+
+    doc = evaluation.run_eval(cfg, timing_batches=2)
+    assert doc["metrics"]["validation"] == pytest.approx(summary["final_metrics"]["validation"], abs=1e-9)
+    assert doc["timing"]["merged_metrics_match"]
+    for mode in ("unmerged", "merged"):
+        assert doc["timing"][mode]["latency_ms_p90"] >= doc["timing"][mode]["latency_ms_p50"] > 0
+        assert doc["timing"][mode]["throughput_samples_per_s"] > 0
+    assert json.loads((cfg.run_dir / "eval.json").read_text())["kind"] == "eval"
+
+
+def test_eval_without_adapter_exits_2(tmp_path, tiny_models, tiny_task):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run")))
+    result = CliRunner().invoke(app, ["eval", "-c", str(path)])
+    assert result.exit_code == 2 and "actlora train" in result.output
+
+
+@pytest.mark.slow
+def test_minilm_learns_the_movie_task(tmp_path):
+    """Real MiniLM, real movie sentences: a short Act-LoRA run learns well above chance."""
+    cfg = load_config(
+        "configs/minilm_movies.yaml",
+        ["task.max_train_examples=1024", "task.max_eval_examples=512", "train.lr=1e-3", "train.epochs=1"],
+        {"output_dir": str(tmp_path / "run"), "rank.k": "all"},
+    )
+    summary = train.run_train(cfg)
+    assert summary["final_metrics"]["validation"]["accuracy"] > 0.7
