@@ -257,6 +257,29 @@ def eval_(
             ui.out.print(f"-> {cfg.run_dir / 'eval.json'}")
 
 
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare (each with train_summary.json and eval.json).")],
+    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="The baseline run folder (e.g. LoRA on all layers).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the report as JSON here (and .md beside it).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare runs with a baseline as the paper's Table 5 does: metric change, trainable parameters,
+    device-hours and latency saved, throughput gained, step-time ratio (Markdown on stdout)."""
+    with _handled(debug):
+        import json
+
+        from .artifacts import atomic_write_text
+        from .compare import compare_runs, markdown
+
+        report = compare_runs(runs, baseline)
+        text = markdown(report)
+        ui.out.print(text, markup=False, highlight=False)
+        if out is not None:
+            atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+            atomic_write_text(out.with_suffix(".md"), text)
+
+
 @data_app.command("fetch")
 def data_fetch(
     dir_: Annotated[

@@ -164,7 +164,14 @@ class TrainSection(Section):
     )
     group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
     seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
-    log_every: int = Field(10, ge=1, description="Steps between progress/log updates.")
+
+    @model_validator(mode="after")
+    def _accumulation_divides_batch(self) -> TrainSection:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})"
+            )
+        return self
 
 
 class Config(Section):
@@ -282,10 +289,21 @@ def load_config(
     return cfg
 
 
+def _user_loc(loc: list[str]) -> list[str]:
+    """Cut pydantic's union-member tags (rank.k.int, rank.k.literal['all']) off an error location."""
+    for n in range(len(loc), 0, -1):
+        section = _section_at(loc[: n - 1])
+        if section is not None and loc[n - 1] in section.model_fields:
+            return loc[:n]
+    return loc
+
+
 def _problems_from(exc: ValidationError) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
+        if err["type"] != "extra_forbidden":
+            loc = _user_loc(loc)
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             known = _known_keys(loc[:-1])
@@ -297,7 +315,15 @@ def _problems_from(exc: ValidationError) -> list[Problem]:
         else:
             fix = _expected(loc)
             problems.append(Problem(key, f"{err['msg']} (got {err.get('input')!r})", fix))
-    return problems
+    # a union (rank.k: int | 'all') fails once per member: one problem per key, its reasons joined
+    merged: dict[str, Problem] = {}
+    for p in problems:
+        if p.where in merged:
+            prev = merged[p.where]
+            merged[p.where] = Problem(p.where, f"{prev.what}; or {p.what}", prev.fix or p.fix)
+        else:
+            merged[p.where] = p
+    return list(merged.values())
 
 
 def _section_at(loc: list[str]) -> type[BaseModel] | None:

@@ -4,9 +4,7 @@ and dynamic-padding batches (optionally grouped by length) that shard cleanly ac
 from __future__ import annotations
 
 import csv
-import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,9 +209,16 @@ def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
             labels = [int(float(x)) for x in labels_raw]
         except ValueError as exc:
             raise DataError(Problem(where, f"non-numeric label ({exc})", "labels must be class ids 0..n-1")) from None
+    if not spec.is_regression:
         bad = [x for x in labels if not 0 <= x < spec.num_labels]
         if bad:
-            raise DataError(Problem(where, f"label {bad[0]} outside 0..{spec.num_labels - 1}", "fix task.num_labels"))
+            raise DataError(
+                Problem(
+                    where,
+                    f"label {bad[0]} outside 0..{spec.num_labels - 1}",
+                    "fix task.num_labels; GLUE test splits have no labels (-1): evaluate on validation",
+                )
+            )
     texts = [[str(t) for t in frame[f].tolist()] for f in spec.text_fields]
     return Examples(texts, labels)
 
@@ -312,10 +317,12 @@ def batch_indices(
     shuffle: bool,
     seed: int = 0,
     lengths: list[int] | None = None,
-    drop_last: bool = False,
+    min_size: int = 1,
 ) -> list[list[int]]:
     """Global batches of example indices. With ``lengths``, examples of similar length are batched together
-    (sorted within shuffled windows of 50 batches, then the batches shuffled) to cut padding."""
+    (sorted within shuffled windows of 50 batches, then the batches shuffled) to cut padding. A final batch
+    smaller than ``min_size`` is dropped: training passes world size x accumulation, so that no rank ever
+    gets an empty share (it would leave the others waiting in the gradient all-reduce)."""
     order = list(range(n))
     rng = random.Random(seed)
     if shuffle:
@@ -324,7 +331,7 @@ def batch_indices(
         window = batch_size * 50
         order = [i for s in range(0, n, window) for i in sorted(order[s : s + window], key=lambda j: -lengths[j])]
     batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
-    if drop_last and batches and len(batches[-1]) < batch_size:
+    if batches and len(batches[-1]) < min_size:
         batches.pop()
     if lengths is not None and shuffle:
         rng.shuffle(batches)
@@ -334,29 +341,6 @@ def batch_indices(
 def shard(batch: list[int], rank: int, world: int) -> list[int]:
     """This rank's share of a global batch (strided, so shares differ in size by at most one)."""
     return batch[rank::world]
-
-
-def iterate_batches(
-    data: Encoded,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    seed: int = 0,
-    group_by_length: bool = False,
-    rank: int = 0,
-    world: int = 1,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded batches of one pass over ``data``; under DDP each rank gets its share of each global batch."""
-    for indices in batch_indices(
-        len(data), batch_size, shuffle=shuffle, seed=seed, lengths=data.lengths if group_by_length else None
-    ):
-        mine = shard(indices, rank, world)
-        if mine:
-            yield collate(data, mine)
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -260,7 +260,6 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         )
 
     timer = PhaseTimer(ctx.device)
-    micro = t.batch_size // t.grad_accum
     phase_totals = np.zeros(3)
     samples_done = steps_this_run = 0
     loop_start = time.perf_counter()
@@ -273,11 +272,12 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
             epoch = step // steps_per_epoch
             batches = batch_indices(
                 len(train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
-                lengths=train_data.lengths if t.group_by_length else None,
+                lengths=train_data.lengths if t.group_by_length else None, min_size=ctx.world * t.grad_accum,
             )
             for global_batch in batches[step - epoch * steps_per_epoch :]:
                 timer.start()
-                chunks = [global_batch[i : i + micro] for i in range(0, len(global_batch), micro)]
+                # grad_accum micro-batches of near-equal size, each with at least one example per rank
+                chunks = [global_batch[i::t.grad_accum] for i in range(t.grad_accum)]
                 loss_sum = torch.zeros((), device=ctx.device)
                 for i, chunk in enumerate(chunks):
                     batch = to_device(collate(train_data, shard(chunk, ctx.rank, ctx.world)), ctx.device)

@@ -109,11 +109,6 @@ def test_bad_config_names_key_and_fix(tmp_path, yaml_text, overrides, where, fra
     assert fragment in str(problems[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a bad value for the union-typed rank.k gives two problems at pydantic-internal paths "
-    "'rank.k.int' and \"rank.k.literal['all']\", with no fix, instead of one problem at 'rank.k'",
-)
 def test_bad_union_value_is_one_problem_at_the_user_key(tmp_path):
     problems = _problems(None, ["rank.k=foo"], tmp_path)
     assert [p.where for p in problems] == ["rank.k"]
