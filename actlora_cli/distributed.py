@@ -56,3 +56,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def same_on_all_ranks(value, what: str) -> int:
+    """Check that every rank holds the same ``value`` (e.g. the layer plan); returns how many ranks agreed.
+    Different plans would train different parameters on different ranks: fail loudly instead."""
+    if not dist.is_initialized():
+        return 1
+    values: list = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if any(v != values[0] for v in values):
+        raise RuntimeError(f"ranks disagree on {what}: {values}")
+    return len(values)

@@ -11,7 +11,8 @@ import torch
 
 from . import artifacts, ui
 from .config import Config, dump_yaml
-from .data import Encoded, batch_indices, collate, encode, load_examples, task_spec
+from .data import Encoded, batch_indices, collate, encode, load_examples, shard, task_spec
+from .distributed import setup
 from .modeling import Architecture, load_model, load_tokenizer, locate, pick_device
 from .scoring import SCORERS
 from .selection import min_max
@@ -38,7 +39,7 @@ def load_for(cfg: Config, num_labels: int, device: torch.device | None = None) -
 
 def probe_batches(data: Encoded, steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """S batches of indices, reshuffled (seed + pass) whenever the split runs out."""
-    produced, epoch = 0, 0
+    produced, epoch = 0, 0  # the same global batches on every rank: each then takes its share
     while produced < steps:
         for indices in batch_indices(len(data), batch_size, shuffle=True, seed=seed + epoch):
             if produced == steps:
@@ -53,10 +54,15 @@ def write_resolved(cfg: Config) -> None:
 
 
 def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
-    """Score every layer with the configured scorer and write ``scores.json``; returns the document."""
+    """Score every layer with the configured scorer and write ``scores.json``; returns the document.
+
+    Under torchrun each rank scores its share of every probe batch and the statistics are summed across
+    ranks, so every rank holds the scores one process would compute; rank 0 writes.
+    """
     started = time.perf_counter()
+    ctx = setup()
     spec = task_spec(cfg.task)
-    loaded = loaded or load_for(cfg, spec.num_labels)
+    loaded = loaded or load_for(cfg, spec.num_labels, ctx.device)
     examples = load_examples(cfg.task, spec, cfg.task.train_split)
     data = encode(loaded.tokenizer, examples, cfg.task.max_length, spec.is_regression)
     p = cfg.probe
@@ -65,39 +71,38 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
 
         def batches():
             for indices in probe_batches(data, p.steps, p.batch_size, p.seed):
-                yield collate(data, indices)
+                yield collate(data, shard(indices, ctx.rank, ctx.world))
                 advance()
 
         stat = scorer(loaded.model, loaded.arch, batches(), p.site, loaded.device)
     scores, flat = min_max(stat.raw)
     if flat:
         ui.note("[yellow]warning:[/] every layer has the same statistic; the ranking falls back to layer order")
-    doc = artifacts.write_artifact(
-        cfg.run_dir / "scores.json",
-        "scores",
-        {
-            "scorer": p.scorer,
-            "site": p.site,
-            "model": loaded.arch.identity(cfg.model.name),
-            "task": {"name": spec.name, "split": cfg.task.train_split, "max_length": cfg.task.max_length},
-            "steps": p.steps,
-            "batch_size": p.batch_size,
-            "seed": p.seed,
-            "batches_seen": stat.batches,
-            "examples_seen": stat.examples,
-            "tokens_seen": stat.tokens,
-            "raw": stat.raw,
-            "scores": scores,
-            "flat": flat,
-            "device": str(loaded.device),
-            "timings": {
-                "load_s": round(loaded.seconds, 4),
-                "probe_s": round(stat.forward_seconds, 4),
-                "per_batch_ms": round(1000 * stat.forward_seconds / max(stat.batches, 1), 3),
-                "total_s": round(time.perf_counter() - started + loaded.seconds, 4),
-            },
-            "provenance": artifacts.provenance(cfg.hash()),
+    doc = {
+        "scorer": p.scorer,
+        "site": p.site,
+        "model": loaded.arch.identity(cfg.model.name),
+        "task": {"name": spec.name, "split": cfg.task.train_split, "max_length": cfg.task.max_length},
+        "steps": p.steps,
+        "batch_size": p.batch_size,
+        "seed": p.seed,
+        "batches_seen": stat.batches,
+        "examples_seen": stat.examples,
+        "tokens_seen": stat.tokens,
+        "raw": stat.raw,
+        "scores": scores,
+        "flat": flat,
+        "device": str(loaded.device),
+        "world_size": ctx.world,
+        "timings": {
+            "load_s": round(loaded.seconds, 4),
+            "probe_s": round(stat.forward_seconds, 4),
+            "per_batch_ms": round(1000 * stat.forward_seconds / max(stat.batches, 1), 3),
+            "total_s": round(time.perf_counter() - started, 4),
         },
-    )
-    write_resolved(cfg)
+        "provenance": artifacts.provenance(cfg.hash()),
+    }
+    if ctx.is_main:
+        doc = artifacts.write_artifact(cfg.run_dir / "scores.json", "scores", doc)
+        write_resolved(cfg)
     return doc

@@ -24,7 +24,7 @@ from . import artifacts, ui
 from .adapters import adapted_layers, apply_lora, count_parameters
 from .config import Config
 from .data import Encoded, batch_indices, collate, encode, eval_splits, load_examples, shard, task_spec, to_device
-from .distributed import Dist, all_reduce_sum, barrier, setup
+from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, Problem
 from .evaluation import evaluate_metrics
 from .probe import load_for, write_resolved
@@ -61,7 +61,7 @@ def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[P
             Problem(str(selection_path), "no layer plan", "run `actlora probe` and `actlora rank`, or pass --k all")
         )
     scores = artifacts.read_artifact(scores_path, "scores", model_name=cfg.model.name)
-    return plan_from_scores(cfg, scores), f"{scores_path} ({cfg.rank.k=}, {cfg.rank.tau=})".replace("cfg.rank.", "")
+    return plan_from_scores(cfg, scores), f"{scores_path} (k={cfg.rank.k}, tau={cfg.rank.tau})"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -200,6 +200,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
 
     loaded = load_for(cfg, spec.num_labels, ctx.device)
     plan, plan_source = resolve_plan(cfg, loaded.arch.num_layers, rule_from_flags)
+    ranks_agreeing = same_on_all_ranks(plan.layers, "the layer plan")
     model = apply_lora(loaded.model, loaded.arch, cfg.lora, plan.layers)
     assert adapted_layers(model, loaded.arch) == sorted(plan.layers), "LoRA landed outside the plan"
     trainable, total = count_parameters(model)
@@ -366,7 +367,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     summary = {
         "model": loaded.arch.identity(cfg.model.name),
         "task": {"name": spec.name, "train_examples": len(train_data)},
-        "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule, "source": plan_source},
+        "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule, "source": plan_source,
+                 "ranks_agreeing": ranks_agreeing},
         "lora": cfg.lora.model_dump(),
         "trainable_parameters": trainable,
         "total_parameters": total,

@@ -2,11 +2,15 @@
 
 DESIGN.md section 5: "Hooks add reductions only: the probe's throughput should be that of a plain inference
 forward." This measures that claim on the offline default (packaged MiniLM, task ``movies``) for every probe
-site, and writes ``<out>/probe_overhead_<machine>.json`` and ``.md``. Target: ratio of medians <= 1.05.
+site, and writes ``<out>/probe_overhead_<machine>.json`` and ``.md``. Target: probe / plain <= 1.05.
 
-The S batches are collated once, so both variants see identical tensors and collation is not timed. The two
-variants are interleaved ABBA (plain, probe, probe, plain, ...) after a warm-up, because the machine may be
-shared: a slow spell then hits both variants rather than one.
+The S batches are collated once, so both variants see identical tensors and collation is not timed. The
+probe variant is the stage's own ``activation_norms`` over those batches. The variants are interleaved ABBA
+(plain, probe, probe, plain, ...) after a warm-up, so a slow spell of a shared machine hits both.
+
+Besides whole-loop medians and minima, every batch is timed inside each run (for the probe, by stamping the
+moment ``activation_norms`` asks for the next batch), and the hooks' reductions are timed alone on captured
+activations. Both are far less exposed to other processes than the difference of two multi-second runs.
 
     python benchmarks/probe_overhead.py                       # S=20, batch 32, 7 reps, all sites
     python benchmarks/probe_overhead.py --steps 10 --reps 3 --sites post_attn
@@ -19,17 +23,21 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
+import actlora_cli.probe
+import actlora_cli.scoring.activation
+from actlora_cli.artifacts import file_hash
 from actlora_cli.config import load_config
 from actlora_cli.data import collate, encode, load_examples, task_spec
 from actlora_cli.probe import Loaded, load_for, probe_batches
@@ -37,7 +45,12 @@ from actlora_cli.scoring.activation import _Accumulator, activation_norms, probe
 
 SITES = ("post_attn", "pre_attn", "block_out")
 TARGET = 1.05
-NOISY = 1.10  # slowest / fastest plain run above this: the machine was disturbed during the site
+NOISY_SPREAD = 1.20  # slowest / fastest plain run above this: the site's timings were disturbed
+NOISY_OTHERS = 0.10  # share of the machine's CPU time used by other processes (and the hypervisor) above this
+
+ROOT = Path(__file__).resolve().parent.parent
+
+Batches = list[dict[str, torch.Tensor]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,10 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="S: probe batches per timed run (default 20)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per batch (default 32)")
     p.add_argument("--reps", type=int, default=7, help="timed runs of each variant per site (default 7)")
-    p.add_argument("--sites", nargs="+", choices=SITES, default=list(SITES), help="probe sites (default: all)")
-    p.add_argument("--model", default="packaged:all-MiniLM-L6-v2", help="model.name (default: packaged MiniLM)")
+    p.add_argument("--sites", nargs="+", choices=SITES, default=list(SITES), help="probe sites (default all)")
+    p.add_argument("--isolate-reps", type=int, default=3, help="runs timing the reductions alone (0: skip)")
+    p.add_argument("--model", default="packaged:all-MiniLM-L6-v2", help="model.name")
     p.add_argument("--task", default="movies", help="task.name (default: movies)")
-    p.add_argument("--isolate-reps", type=int, default=3, help="runs timing the hook reductions alone (0: skip)")
     p.add_argument("--seed", type=int, default=0, help="probe.seed, which picks the batches (default 0)")
     p.add_argument("--machine", default=None, help="label in the file names (default: e.g. cpu-2core)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output folder")
@@ -83,8 +96,48 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def machine_label(info: dict[str, Any]) -> str:
     if "gpu" in info:
-        return re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
+        return "-".join(info["gpu"].lower().replace("nvidia", "").split())
     return f"cpu-{info['cpu_count']}core"
+
+
+def code_identity() -> dict[str, Any]:
+    """The code measured: commit, package files changed since it, and hashes of the two files that matter."""
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--", "actlora_cli")
+    return {
+        "commit": (git("rev-parse", "HEAD") or "").strip() or None,
+        "uncommitted": None if status is None else [line[3:] for line in status.splitlines()],
+        "sha256_16": {
+            str(Path(m.__file__).relative_to(ROOT)): file_hash(Path(m.__file__))
+            for m in (actlora_cli.scoring.activation, actlora_cli.probe)
+        },
+    }
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of this process) from /proc; None where there is no /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+    return user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])  # utime + stime
+
+
+def others_share(before: tuple[int, int] | None, seconds: float) -> float | None:
+    """Share of the machine's CPU capacity that other processes (or the hypervisor) took since ``before``."""
+    after = cpu_ticks()
+    if before is None or after is None:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(others, 0) / (os.sysconf("SC_CLK_TCK") * seconds * (os.cpu_count() or 1))
 
 
 def sync(device: torch.device) -> None:
@@ -92,31 +145,45 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_forward(loaded: Loaded, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Seconds for a plain inference forward over ``batches``: the floor the probe is held to."""
-    model, device = loaded.model, loaded.device
+def stamped(batches: Batches, device: torch.device, stamps: list[float]) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields ``batches``, noting the time each one is asked for: consecutive stamps bracket one batch."""
+    for b in batches:
+        sync(device)
+        stamps.append(time.perf_counter())
+        yield b
+
+
+def per_batch(stamps: list[float], end: float) -> list[float]:
+    edges = [*stamps, end]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+def plain_forward(loaded: Loaded, batches: Batches) -> tuple[float, list[float]]:
+    """(seconds, per-batch seconds) of a plain inference forward over ``batches``: the floor for the probe."""
+    model, device, stamps = loaded.model, loaded.device, []
     model.eval()
     sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        for b in batches:
+        for b in stamped(batches, device, stamps):
             model(**{k: v.to(device, non_blocking=True) for k, v in b.items() if k != "labels"})
     sync(device)
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, per_batch(stamps, end)
 
 
-def probe_forward(loaded: Loaded, batches: list[dict[str, torch.Tensor]], site: str) -> tuple[float, float]:
-    """(the stage's own ``forward_seconds``, wall seconds of the whole ``activation_norms`` call)."""
-    sync(loaded.device)
-    start = time.perf_counter()
-    stat = activation_norms(loaded.model, loaded.arch, iter(batches), site, loaded.device)
-    wall = time.perf_counter() - start  # .tolist() inside already synced the device
+def probe_forward(loaded: Loaded, batches: Batches, site: str) -> tuple[float, list[float]]:
+    """(the stage's own ``forward_seconds``, per-batch seconds) of ``activation_norms`` over ``batches``."""
+    stamps: list[float] = []
+    timed = stamped(batches, loaded.device, stamps)
+    stat = activation_norms(loaded.model, loaded.arch, timed, site, loaded.device)
+    end = time.perf_counter()  # .tolist() at its end already synced the device
     assert stat.batches == len(batches)
-    return stat.forward_seconds, wall
+    return stat.forward_seconds, per_batch(stamps, end)
 
 
 class _Recorder(_Accumulator):
-    """Keeps what the hooks hand to ``add`` so the real reductions can be timed on their own afterwards."""
+    """Keeps what the hooks hand to ``add``, so the stage's reductions can be timed alone afterwards."""
 
     def __init__(self, num_layers: int, device: torch.device):
         super().__init__(num_layers, device)
@@ -126,11 +193,11 @@ class _Recorder(_Accumulator):
         self.seen.append((index, hidden.clone()))
 
 
-def reduction_seconds(loaded: Loaded, batches: list[dict[str, torch.Tensor]], site: str) -> float:
+def reduction_seconds(loaded: Loaded, batches: Batches, site: str) -> float:
     """Seconds the hooks' reductions alone take over ``batches``: the probe's intrinsic extra work.
 
-    Timed on short stretches (one batch's reductions at a time), so it is far less exposed to a noisy
-    machine than the difference of two multi-second runs. Uses the stage's own accumulator and hooks.
+    One batch's activations are captured through the stage's hooks, then its real accumulator is timed on
+    them; short stretches, so little exposed to other processes.
     """
     arch, device, total = loaded.arch, loaded.device, 0.0
     with torch.inference_mode():
@@ -151,86 +218,106 @@ def reduction_seconds(loaded: Loaded, batches: list[dict[str, torch.Tensor]], si
     return total
 
 
-def summarise(plain: list[float], probe: list[float]) -> dict[str, Any]:
-    # within a rep the plain and probe runs are adjacent, so their ratio cancels slow drifts of the machine
+def bench_site(loaded: Loaded, batches: Batches, site: str, reps: int, isolate_reps: int) -> dict[str, Any]:
+    plain_forward(loaded, batches)  # warm-up: allocator, oneDNN primitives, first hook install
+    probe_forward(loaded, batches, site)
+    ticks, started = cpu_ticks(), time.perf_counter()
+    plain: list[float] = []
+    probe: list[float] = []
+    plain_each: list[list[float]] = []
+    probe_each: list[list[float]] = []
+
+    def run_plain() -> None:
+        seconds, each = plain_forward(loaded, batches)
+        plain.append(seconds)
+        plain_each.append(each)
+
+    def run_probe() -> None:
+        seconds, each = probe_forward(loaded, batches, site)
+        probe.append(seconds)
+        probe_each.append(each)
+
+    for rep in range(reps):
+        for run in (run_plain, run_probe) if rep % 2 == 0 else (run_probe, run_plain):  # ABBA
+            run()
+    # noise only ever adds time: the fastest sample of each batch over the reps is its least disturbed cost
+    plain_floor = sum(map(min, zip(*plain_each)))
+    probe_floor = sum(map(min, zip(*probe_each)))
+    # within a rep the two runs are adjacent, so their ratio cancels slow drifts of the machine
     paired = [b / a for a, b in zip(plain, probe)]
-    return {
+    result: dict[str, Any] = {
+        "site": site,
         "plain_median_s": statistics.median(plain),
         "probe_median_s": statistics.median(probe),
-        "plain_min_s": min(plain),
-        "probe_min_s": min(probe),
         "ratio_of_medians": statistics.median(probe) / statistics.median(plain),
         "ratio_of_mins": min(probe) / min(plain),
         "median_paired_ratio": statistics.median(paired),
+        "plain_batch_floor_s": plain_floor,
+        "probe_batch_floor_s": probe_floor,
+        "ratio_of_batch_floors": probe_floor / plain_floor,
+        "plain_spread": max(plain) / min(plain),
     }
-
-
-def bench_site(
-    loaded: Loaded, batches: list[dict[str, torch.Tensor]], site: str, reps: int, isolate_reps: int
-) -> dict[str, Any]:
-    plain_forward(loaded, batches)  # warm-up: allocator, oneDNN primitives, first hook install
-    probe_forward(loaded, batches, site)
-    plain, probe, probe_wall = [], [], []
-
-    def run_plain() -> None:
-        plain.append(plain_forward(loaded, batches))
-
-    def run_probe() -> None:
-        seconds, wall = probe_forward(loaded, batches, site)
-        probe.append(seconds)
-        probe_wall.append(wall)
-
-    for rep in range(reps):
-        # ABBA: even reps plain first, odd reps probe first
-        for run in (run_plain, run_probe) if rep % 2 == 0 else (run_probe, run_plain):
-            run()
-    result = {"site": site, "plain_s": plain, "probe_s": probe, "probe_wall_s": probe_wall}
-    result.update(summarise(plain, probe))
-    result["wall_ratio_of_medians"] = statistics.median(probe_wall) / result["plain_median_s"]
-    result["meets_target"] = result["ratio_of_medians"] <= TARGET
-    result["plain_spread"] = max(plain) / min(plain)
-    result["noisy"] = result["plain_spread"] > NOISY
+    result["others_cpu_share"] = others_share(ticks, time.perf_counter() - started)
+    others = result["others_cpu_share"] or 0.0
+    result["noisy"] = result["plain_spread"] > NOISY_SPREAD or others > NOISY_OTHERS
     if isolate_reps:
-        # min over repetitions: the reductions' cost with the least interference from other processes
         reductions = min(reduction_seconds(loaded, batches, site) for _ in range(isolate_reps))
         result["reductions_s"] = reductions
-        result["expected_ratio"] = 1 + reductions / result["plain_min_s"]
+        result["expected_ratio"] = 1 + reductions / plain_floor
+    result["meets_target"] = result["ratio_of_medians"] <= TARGET
+    result["plain_s"], result["probe_s"] = plain, probe
+    result["plain_batch_s"] = [[round(t, 5) for t in run] for run in plain_each]
+    result["probe_batch_s"] = [[round(t, 5) for t in run] for run in probe_each]
     return result
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    m, s = doc["machine"], doc["settings"]
+    m, s, c = doc["machine"], doc["settings"], doc["code"]
+    changed = ", ".join(c["uncommitted"] or []) or "none"
     lines = [
         f"# Probe overhead on {doc['machine_label']}",
         "",
         f"Probe scoring loop vs plain inference forward, same {s['steps']} batches of {s['batch_size']} "
         f"({doc['tokens_per_run']} non-pad tokens, {doc['padded_tokens_per_run']} padded), "
-        f"{s['reps']} interleaved (ABBA) reps after a warm-up. Target: ratio of medians <= {TARGET}.",
+        f"{s['reps']} interleaved (ABBA) reps after a warm-up. Target: probe / plain <= {TARGET}.",
         "",
         f"- model `{s['model']}`, task `{s['task']}`, seed {s['seed']}, device `{m['device']}`",
         f"- CPU: {m['cpu']}, {m['cpu_count']} logical cores, torch threads {m['torch_threads']}",
         f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}, {m['platform']}",
         f"- date {doc['date']}; command: `{doc['command']}`",
+        f"- code: commit {c['commit']}, uncommitted package changes: {changed}",
         "",
-        "| site | plain median (s) | probe median (s) | ratio of medians | ratio of mins | median paired ratio "
-        "| reductions alone (ms) | expected ratio | plain spread | meets target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
-    for r in doc["results"]:
-        reductions = f"{1000 * r['reductions_s']:.1f}" if "reductions_s" in r else "-"
-        expected = f"{r['expected_ratio']:.3f}" if "expected_ratio" in r else "-"
-        lines.append(
-            f"| {r['site']} | {r['plain_median_s']:.3f} | {r['probe_median_s']:.3f} | {r['ratio_of_medians']:.3f} "
-            f"| {r['ratio_of_mins']:.3f} | {r['median_paired_ratio']:.3f} | {reductions} | {expected} "
-            f"| {r['plain_spread']:.2f}{' (noisy)' if r['noisy'] else ''} | {'yes' if r['meets_target'] else 'no'} |"
-        )
+    columns = {
+        "site": lambda r: r["site"],
+        "plain median (s)": lambda r: f"{r['plain_median_s']:.3f}",
+        "probe median (s)": lambda r: f"{r['probe_median_s']:.3f}",
+        "ratio of medians": lambda r: f"{r['ratio_of_medians']:.3f}",
+        "ratio of mins": lambda r: f"{r['ratio_of_mins']:.3f}",
+        "median paired ratio": lambda r: f"{r['median_paired_ratio']:.3f}",
+        "ratio of batch floors": lambda r: f"{r['ratio_of_batch_floors']:.3f}",
+        "reductions alone (ms)": lambda r: f"{1000 * r['reductions_s']:.1f}" if "reductions_s" in r else "-",
+        "expected ratio": lambda r: f"{r['expected_ratio']:.3f}" if "expected_ratio" in r else "-",
+        "plain spread": lambda r: f"{r['plain_spread']:.2f}",
+        "others' CPU": lambda r: "-" if r["others_cpu_share"] is None else f"{r['others_cpu_share']:.0%}",
+        "meets target": lambda r: ("yes" if r["meets_target"] else "no") + (" (noisy)" if r["noisy"] else ""),
+    }
+    lines += ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 2) + ":---:|"]
+    lines += ["| " + " | ".join(cell(r) for cell in columns.values()) + " |" for r in doc["results"]]
     lines += [
         "",
-        "probe = `LayerStatistic.forward_seconds` from `activation_norms` (the stage's own timing); paired ratio = "
-        "probe / plain within one rep; reductions alone = the hooks' reductions (`_Accumulator.add`) timed on "
-        "captured activations, min over runs; expected ratio = 1 + reductions / fastest plain run; plain spread = "
-        f"slowest / fastest plain run (above {NOISY}: other processes disturbed the timings, rerun on a quiet "
-        "machine or raise --reps). Raw per-rep times are in the JSON file.",
+        "- meets target: ratio of medians <= the target; noisy: see plain spread.",
+        "- probe: `LayerStatistic.forward_seconds` of `activation_norms`, the stage's own timing.",
+        "- paired ratio: probe / plain within one rep (the two runs are adjacent).",
+        "- batch floors: per batch, the fastest of the reps, summed over the batches; noise only adds "
+        "time, so this is the least disturbed estimate of each loop.",
+        "- reductions alone: the hooks' reductions (`_Accumulator.add`) timed on captured activations, "
+        "fastest of the isolation runs; expected ratio = 1 + reductions / plain batch floor.",
+        "- plain spread: slowest / fastest plain run; others' CPU: share of the machine's CPU time that "
+        "other processes (or the hypervisor's steal) took while the site was timed, from /proc. Above "
+        f"{NOISY_SPREAD} or {NOISY_OTHERS:.0%} (marked noisy) the whole-run ratios are unreliable: rerun on "
+        "a quiet machine or raise --reps.",
+        "- per-run and per-batch times are in the JSON file.",
         "",
     ]
     return "\n".join(lines)
@@ -264,6 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": info,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "code": code_identity(),
         "settings": {
             "model": cfg.model.name,
             "task": spec.name,
@@ -281,14 +369,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": [],
     }
     for site in args.sites:
-        result = bench_site(loaded, batches, site, args.reps, args.isolate_reps)
-        doc["results"].append(result)
+        r = bench_site(loaded, batches, site, args.reps, args.isolate_reps)
+        doc["results"].append(r)
         print(
-            f"{site:>9}: plain {result['plain_median_s']:.3f}s  probe {result['probe_median_s']:.3f}s  "
-            f"ratio(median) {result['ratio_of_medians']:.3f}  ratio(min) {result['ratio_of_mins']:.3f}  "
-            f"paired {result['median_paired_ratio']:.3f}"
-            + (f"  reductions {1000 * result['reductions_s']:.1f}ms" if "reductions_s" in result else "")
-            + ("  [noisy]" if result["noisy"] else ""),
+            f"{site:>9}: plain {r['plain_median_s']:.3f}s  probe {r['probe_median_s']:.3f}s  "
+            f"ratio: medians {r['ratio_of_medians']:.3f}  mins {r['ratio_of_mins']:.3f}  "
+            f"paired {r['median_paired_ratio']:.3f}  batch floors {r['ratio_of_batch_floors']:.3f}"
+            + (f"  expected {r['expected_ratio']:.3f}" if "expected_ratio" in r else "")
+            + ("  [noisy]" if r["noisy"] else ""),
             flush=True,
         )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -67,12 +67,13 @@ def _config(family: str, vocab_size: int):
     return {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family](**decoder)
 
 
-def make_tiny_model(root: Path, family: str, seed: int = 0) -> Path:
-    """A random-weight sequence classifier of ``family`` with 4 layers, saved as a model folder."""
+def make_tiny_model(root: Path, family: str, seed: int = 0, dropout: float | None = None) -> Path:
+    """A random-weight sequence classifier of ``family`` with 4 layers, saved as a model folder.
+    ``dropout=0`` turns the model's own dropout off (runs then depend on data order only)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    folder = root / family
+    folder = root / (family if dropout is None else f"{family}-dropout{dropout}")
     if (folder / "config.json").exists():
         return folder
     decoder = family in ("llama", "mistral", "qwen2")
@@ -83,6 +84,10 @@ def make_tiny_model(root: Path, family: str, seed: int = 0) -> Path:
     config = _config(family, len(tok))
     config.pad_token_id = tok.pad_token_id
     config.num_labels = 2
+    if dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, dropout)
     model = AutoModelForSequenceClassification.from_config(config)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_sum
 from ..modeling import Architecture, Site
 
 
@@ -26,22 +27,33 @@ class LayerStatistic:
 
 
 class _Accumulator:
-    """Per-layer sums of per-batch masked-mean norms, kept on the device (no host sync per layer)."""
+    """Per batch and layer, the sum of token norms over non-pad tokens, and the batch's token count; kept on
+    the device (no host sync per layer). Sums rather than means, so that under DDP each rank can score its
+    share of a batch and the all-reduced result equals one process scoring the whole batch."""
 
     def __init__(self, num_layers: int, device: torch.device):
-        self.sums = torch.zeros(num_layers, dtype=torch.float64, device=device)
-        self.tokens = torch.zeros((), dtype=torch.float64, device=device)
+        self.num_layers = num_layers
+        self.device = device
+        self.sums: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
         self.mask: torch.Tensor | None = None
-        self.count: torch.Tensor | None = None
 
     def set_batch(self, attention_mask: torch.Tensor) -> None:
         self.mask = attention_mask.to(torch.float32)
-        self.count = self.mask.sum()
-        self.tokens += self.count
+        self.sums.append(torch.zeros(self.num_layers, dtype=torch.float64, device=self.device))
+        self.counts.append(self.mask.sum().to(torch.float64))
 
     def add(self, index: int, hidden: torch.Tensor) -> None:
         norms = torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float32)  # (batch, tokens)
-        self.sums[index] += (norms * self.mask).sum() / self.count
+        self.sums[-1][index] += (norms * self.mask).sum()
+
+    def batch_means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-batch, per-layer mean token norm; tokens per batch), summed over DDP ranks first."""
+        sums = torch.stack(self.sums) if self.sums else torch.zeros(0, self.num_layers, dtype=torch.float64)
+        counts = torch.stack(self.counts) if self.counts else torch.zeros(0, dtype=torch.float64)
+        all_reduce_sum(sums)
+        all_reduce_sum(counts)
+        return sums / counts.clamp(min=1).unsqueeze(1), counts
 
 
 @contextlib.contextmanager
@@ -77,7 +89,7 @@ def activation_norms(
 ) -> LayerStatistic:
     """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l."""
     acc = _Accumulator(arch.num_layers, device)
-    n_batches = examples = 0
+    examples = torch.zeros((), dtype=torch.float64)
     model.eval()
     start = time.perf_counter()
     with torch.inference_mode(), probe_hooks(model, arch, site, acc):
@@ -85,11 +97,15 @@ def activation_norms(
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
             acc.set_batch(batch["attention_mask"])
             model(**batch)
-            n_batches += 1
             examples += batch["input_ids"].shape[0]
-    # one host sync at the end: hooks only queue reductions, so the probe runs at inference speed
-    raw = (acc.sums / max(n_batches, 1)).tolist()
+        # one host sync at the end: hooks only queue reductions, so the probe runs at inference speed
+        means, counts = acc.batch_means()
+        raw = means.mean(dim=0).tolist() if len(counts) else [0.0] * arch.num_layers
     seconds = time.perf_counter() - start
     return LayerStatistic(
-        raw=raw, batches=n_batches, tokens=int(acc.tokens.item()), examples=examples, forward_seconds=seconds
+        raw=raw,
+        batches=len(counts),
+        tokens=int(counts.sum().item()),
+        examples=int(all_reduce_sum(examples).item()),
+        forward_seconds=seconds,
     )
