@@ -306,7 +306,7 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(cell(r) for cell in columns.values()) + " |" for r in doc["results"]]
     lines += [
         "",
-        "- meets target: ratio of medians <= the target; noisy: see plain spread.",
+        "- meets target: ratio of medians <= the target; noisy: see plain spread and others' CPU.",
         "- probe: `LayerStatistic.forward_seconds` of `activation_norms`, the stage's own timing.",
         "- paired ratio: probe / plain within one rep (the two runs are adjacent).",
         "- batch floors: per batch, the fastest of the reps, summed over the batches; noise only adds "
