@@ -253,6 +253,9 @@ def eval_(
                 tm = doc["timing"][mode]
                 table.add_row(f"latency ms/example p50 / p90 ({mode})", f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}")
                 table.add_row(f"throughput samples/s ({mode})", f"{tm['throughput_samples_per_s']:.1f}")
+            if "time_to_first_token_ms_p50" in doc["timing"]:
+                tm = doc["timing"]
+                table.add_row("time to first token ms p50 / p90", f"{tm['time_to_first_token_ms_p50']:.3f} / {tm['time_to_first_token_ms_p90']:.3f}")
             ui.out.print(table)
             ui.out.print(f"-> {cfg.run_dir / 'eval.json'}")
 
@@ -274,7 +277,7 @@ def compare(
 
         report = compare_runs(runs, baseline)
         text = markdown(report)
-        ui.out.print(text, markup=False, highlight=False)
+        sys.stdout.write(text)  # raw Markdown: no console wrapping, pipeline-friendly
         if out is not None:
             atomic_write_text(out, json.dumps(report, indent=2) + "\n")
             atomic_write_text(out.with_suffix(".md"), text)

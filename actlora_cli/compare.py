@@ -60,8 +60,10 @@ def compare_runs(runs: list[Path], baseline: Path) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    def fmt(v, spec=".2f"):
-        return "n/a" if v is None else format(v, spec)
+    def fmt(v: float | None, spec: str = ".2f") -> str:
+        if v is None:
+            return "n/a"
+        return format(0.0 if abs(v) < 5e-3 else v, spec)  # no "-0.00" for the baseline itself
 
     head = (
         "| run | layers | metric | change % | params saved % | device-h saved % | step-time ratio "

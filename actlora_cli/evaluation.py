@@ -124,6 +124,12 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
         with ui.progress("latency", 2) as advance:
             timing["unmerged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches)
             advance()
+            if loaded.arch.is_decoder:
+                # a decoder classifier answers after one prefill forward: its time to first token is the
+                # latency of a single request (batch 1), as the paper reports for Llama
+                ttft = time_inference(model, first, 1, ctx.device, timing_batches)
+                timing["time_to_first_token_ms_p50"] = ttft["latency_ms_p50"]
+                timing["time_to_first_token_ms_p90"] = ttft["latency_ms_p90"]
             model.merge_adapter()
             timing["merged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches)
             merged_metrics = evaluate_metrics(model, first, spec, cfg.train.eval_batch_size, Dist(0, 1, 0, ctx.device))
