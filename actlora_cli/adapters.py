@@ -3,6 +3,7 @@ else frozen (so autograd stops below the lowest adapted layer)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .config import LoraSection
@@ -24,7 +25,19 @@ def apply_lora(model: nn.Module, arch: Architecture, lora: LoraSection, layers: 
         layers_pattern=None if every else arch.layers_pattern,
         modules_to_save=list(arch.head_modules),
     )
-    return get_peft_model(model, config)
+    wrapped = get_peft_model(model, config)
+    upcast_trainable(wrapped)
+    return wrapped
+
+
+def upcast_trainable(model: nn.Module) -> None:
+    """fp32 master weights for what the optimizer updates (LoRA and the head), nothing else: the frozen base
+    stays in its dtype (bf16, or 4-bit under QLoRA), and autocast runs the compute in bf16. This is why
+    peft.prepare_model_for_kbit_training is not used: it upcasts every frozen non-4-bit weight to fp32 and
+    makes the inputs require grad, which would cost memory and undo the backward cut."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
 
 
 def adapted_layers(model: nn.Module, arch: Architecture) -> list[int]:

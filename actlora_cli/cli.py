@@ -251,6 +251,9 @@ def eval_(
                     table.add_row(f"{split} {name}", f"{value:.4f}")
             for mode in ("unmerged", "merged"):
                 tm = doc["timing"][mode]
+                if "skipped" in tm:
+                    table.add_row(f"{mode}", tm["skipped"])
+                    continue
                 table.add_row(f"latency ms/example p50 / p90 ({mode})", f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}")
                 table.add_row(f"throughput samples/s ({mode})", f"{tm['throughput_samples_per_s']:.1f}")
             if "time_to_first_token_ms_p50" in doc["timing"]:

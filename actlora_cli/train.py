@@ -263,6 +263,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     timer = PhaseTimer(ctx.device)
     phase_totals = np.zeros(3)
     samples_done = steps_this_run = 0
+    peak_mib = 0.0
     loop_start = time.perf_counter()
     history: list[dict[str, Any]] = []
     log = log_path.open("a") if ctx.is_main else None
@@ -296,6 +297,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         timer.mark()
                     loss_sum += loss.detach()
                 mem_bwd = timer.memory(peak=True)
+                if mem_bwd is not None:
+                    peak_mib = max(peak_mib, mem_bwd)  # peak stats are reset each step: keep the run's maximum
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 if t.max_grad_norm is not None:
@@ -385,8 +388,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         "device": str(ctx.device),
         "world_size": ctx.world,
         "device_hours": round(train_seconds * ctx.world / 3600, 6),
-        "peak_memory_mib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1)
-        if ctx.device.type == "cuda" else None,
+        "peak_memory_mib": peak_mib if ctx.device.type == "cuda" else None,
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "wall_seconds": round(time.perf_counter() - started, 3),
         "provenance": artifacts.provenance(cfg.hash()),

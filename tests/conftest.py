@@ -50,11 +50,11 @@ def _tokenizer(decoder: bool):
     )
 
 
-def _config(family: str, vocab_size: int):
+def _config(family: str, vocab_size: int, hidden: int = 32):
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=96, pad_token_id=0)
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
+                  intermediate_size=2 * hidden, max_position_embeddings=96, pad_token_id=0)
     if family == "bert":
         return tf.BertConfig(**common)
     if family == "roberta":
@@ -67,13 +67,16 @@ def _config(family: str, vocab_size: int):
     return {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family](**decoder)
 
 
-def make_tiny_model(root: Path, family: str, seed: int = 0, dropout: float | None = None) -> Path:
+def make_tiny_model(
+    root: Path, family: str, seed: int = 0, dropout: float | None = None, hidden: int = 32
+) -> Path:
     """A random-weight sequence classifier of ``family`` with 4 layers, saved as a model folder.
-    ``dropout=0`` turns the model's own dropout off (runs then depend on data order only)."""
+    ``dropout=0`` turns the model's own dropout off (runs then depend on data order only); ``hidden`` must be
+    a multiple of 64 for bitsandbytes' 4-bit CPU inference kernels."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    folder = root / (family if dropout is None else f"{family}-dropout{dropout}")
+    folder = root / (family + ("" if dropout is None else f"-dropout{dropout}") + ("" if hidden == 32 else f"-h{hidden}"))
     if (folder / "config.json").exists():
         return folder
     decoder = family in ("llama", "mistral", "qwen2")
@@ -81,7 +84,7 @@ def make_tiny_model(root: Path, family: str, seed: int = 0, dropout: float | Non
     if decoder:
         tok.pad_token = tok.eos_token
     torch.manual_seed(seed)
-    config = _config(family, len(tok))
+    config = _config(family, len(tok), hidden)
     config.pad_token_id = tok.pad_token_id
     config.num_labels = 2
     if dropout is not None:
