@@ -228,7 +228,8 @@ def test_minilm_learns_the_movie_task(tmp_path):
     """Real MiniLM, real movie sentences: a short Act-LoRA run learns well above chance."""
     cfg = load_config(
         "configs/minilm_movies.yaml",
-        ["task.max_train_examples=1024", "task.max_eval_examples=512", "train.lr=1e-3", "train.epochs=1"],
+        # 64 steps at lr 2e-3: 0.775 on this machine; 32 steps at 1e-3 stay at chance
+        ["task.max_train_examples=2048", "task.max_eval_examples=512", "train.lr=2e-3", "train.epochs=1"],
         {"output_dir": str(tmp_path / "run"), "rank.k": "all"},
     )
     summary = train.run_train(cfg)
