@@ -23,6 +23,8 @@ KINDS = {
     "selection": ("selection.json", "actlora rank"),
     "train_summary": ("train_summary.json", "actlora train"),
     "eval": ("eval.json", "actlora eval"),
+    "ablation": ("ablation.json", "actlora ablate"),
+    "study": ("<study>.json", "actlora study"),
 }
 
 

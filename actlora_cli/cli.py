@@ -35,6 +35,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+study_app = typer.Typer(
+    help="The validity studies (paper sections 7.2-7.5): each writes <out>/<study>.json, .md and PNG plots.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
 
 # Shared option aliases: every command spells a setting the same way.
 ConfigOpt = Annotated[
@@ -133,11 +138,13 @@ def probe(
         from .probe import run_probe
 
         doc = run_probe(cfg)
-        table = Table(title=f"{doc['scorer']} at {doc['site']}: {doc['model']['name']} on {doc['task']['name']}")
+        where = f" at {doc['site']}" if doc["site"] else ""
+        table = Table(title=f"{doc['scorer']}{where}: {doc['model']['name']} on {doc['task']['name']}")
         for col in ("layer", "raw", "score", ""):
             table.add_column(col, justify="right" if col != "" else "left")
         for i, (raw, score) in enumerate(zip(doc["raw"], doc["scores"])):
-            table.add_row(str(i), f"{raw:.4f}", f"{score:.3f}", "#" * round(20 * score))
+            shown = "undefined" if raw is None else f"{raw:.4g}"
+            table.add_row(str(i), shown, f"{score:.3f}", "#" * round(20 * score))
         ui.out.print(table)
         t = doc["timings"]
         ui.out.print(
@@ -284,6 +291,120 @@ def compare(
         if out is not None:
             atomic_write_text(out, json.dumps(report, indent=2) + "\n")
             atomic_write_text(out.with_suffix(".md"), text)
+
+
+@app.command()
+def ablate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Ablation importance: in a run trained with LoRA on every layer (--k all), switch off one layer's Q, V
+    or both at a time and record the metric drop on the validation split -> <run>/ablation.json."""
+    with _handled(debug):
+        cfg = _config(config, set_, {"output_dir": output_dir})
+        _quiet_libraries()
+        from .ablation import run_ablation
+
+        doc = run_ablation(cfg)
+        table = Table(title=f"ablation: {doc['metric']} {doc['full_metric']:.4f} with every adapter on")
+        for col in ("layer", "drop q", "drop v", "drop q+v", "importance q+v"):
+            table.add_column(col, justify="right")
+        for i in range(len(doc["drop"]["both"])):
+            table.add_row(str(i), *(f"{doc['drop'][p][i]:+.4f}" for p in ("q", "v", "both")),
+                          f"{doc['importance']['both'][i]:.3f}")
+        ui.out.print(table)
+
+
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the study's JSON, Markdown and plots.")]
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _print_md(out: Path, name: str) -> None:
+    sys.stdout.write((out / f"{name}.md").read_text())
+
+
+@study_app.command("stability")
+def study_stability_cmd(
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    scorers: Annotated[str, typer.Option(help="Comma-separated scorers.")] = "activation_norm,grad_norm",
+    seeds: Annotated[int, typer.Option(help="Probe seeds 0..N-1.")] = 10,
+    ks: Annotated[str, typer.Option(help="Comma-separated k for the top-k Jaccard.")] = "2,4",
+    debug: DebugOpt = False,
+) -> None:
+    """Ranking stability across probe seeds: pairwise Kendall tau and top-k Jaccard (Tables 9, 10)."""
+    with _handled(debug):
+        cfg = _config(config, set_, {})
+        _quiet_libraries()
+        from .studies import study_stability
+
+        study_stability(cfg, _csv(scorers), list(range(seeds)), [int(k) for k in _csv(ks)], out)
+        _print_md(out, "stability")
+
+
+@study_app.command("tasks")
+def study_tasks_cmd(
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tasks: Annotated[str, typer.Option(help="Comma-separated task names.")] = "movies,tweets,amazon,nyt",
+    debug: DebugOpt = False,
+) -> None:
+    """Agreement of one scorer's layer ranking across tasks: rank-correlation matrix (Fig. 11)."""
+    with _handled(debug):
+        cfg = _config(config, set_, {})
+        _quiet_libraries()
+        from .studies import study_tasks
+
+        study_tasks(cfg, _csv(tasks), out)
+        _print_md(out, "tasks")
+
+
+@study_app.command("correlation")
+def study_correlation_cmd(
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    scorers: Annotated[str, typer.Option(help="Comma-separated scorers.")] =
+        "activation_norm,cka,grad_norm,fisher,taylor,weight_delta",
+    debug: DebugOpt = False,
+) -> None:
+    """Each scorer against ablation importance: Pearson, Spearman, Kendall, cosine (Table 11). The run folder
+    must hold a LoRA-on-all-layers adapter and its ablation.json (actlora train --k all; actlora ablate)."""
+    with _handled(debug):
+        cfg = _config(config, set_, {"output_dir": output_dir})
+        _quiet_libraries()
+        from .studies import study_correlation
+
+        study_correlation(cfg, _csv(scorers), out)
+        _print_md(out, "correlation")
+
+
+@study_app.command("thresholds")
+def study_thresholds_cmd(
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    taus: Annotated[str, typer.Option(help="Comma-separated tau values.")] = "0.25,0.5,0.75,1.0",
+    debug: DebugOpt = False,
+) -> None:
+    """The k needed to reach each cumulative-importance threshold tau, from the run's scores.json (Table 8),
+    with the C(k) curve and the layer scores plotted."""
+    with _handled(debug):
+        cfg = _config(config, set_, {"output_dir": output_dir})
+        _quiet_libraries()
+        from .studies import study_thresholds
+
+        study_thresholds(cfg, out, [float(t) for t in _csv(taus)])
+        _print_md(out, "thresholds")
 
 
 @data_app.command("fetch")

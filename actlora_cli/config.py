@@ -103,8 +103,23 @@ class TaskSection(Section):
         return self
 
 
+SCORER_NAMES = ("activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta")
+
+
 class ProbeSection(Section):
-    scorer: Literal["activation_norm"] = Field("activation_norm", description="How layers are scored.")
+    scorer: Literal["activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta"] = Field(
+        "activation_norm",
+        description="activation_norm (Act-LoRA); cka (1 - linear CKA of a layer's input and output); grad_norm, "
+        "fisher (sum of squared gradients: the empirical Fisher diagonal), taylor (sum of |w * g|) of the adapted "
+        "projections' weights; weight_delta "
+        "(norm of B A from a trained LoRA-on-all-layers adapter, probe.adapter).",
+    )
+    pooling: Literal["auto", "first", "last", "mean"] = Field(
+        "auto",
+        description="cka: one vector per example: the first token, the last non-pad token, or the mean over "
+        "non-pad tokens; auto = first for encoders, last for decoders.",
+    )
+    adapter: str | None = Field(None, description="weight_delta: folder of a trained LoRA adapter (all layers).")
     site: Literal["post_attn", "pre_attn", "block_out"] = Field(
         "post_attn",
         description="post_attn: attention output before the residual add (the paper's site); pre_attn: the "
@@ -113,6 +128,15 @@ class ProbeSection(Section):
     steps: int = Field(200, ge=1, description="S: number of probe mini-batches (the paper: 200 DeBERTa, 10 Llama).")
     batch_size: int = Field(32, ge=1, description="Examples per probe batch.")
     seed: int = Field(0, description="Seed of the probe batches' sampling.")
+
+    @model_validator(mode="after")
+    def _weight_delta_needs_adapter(self) -> ProbeSection:
+        if self.scorer == "weight_delta":
+            if self.adapter is None:
+                raise ValueError("probe.scorer=weight_delta needs probe.adapter (a trained LoRA adapter folder)")
+            if not (Path(self.adapter).expanduser() / "adapter_config.json").is_file():
+                raise ValueError(f"probe.adapter '{self.adapter}' holds no adapter_config.json")
+        return self
 
 
 class RankSection(Section):

@@ -171,6 +171,8 @@ def load_model(
                     revision=cfg.revision,
                     trust_remote_code=cfg.trust_remote_code,
                     dtype=dtype,
+                    # a checkpoint with another head (another label count) gets a new head, like a base model
+                    ignore_mismatched_sizes=True,
                     **extra_load,
                 )
             finally:

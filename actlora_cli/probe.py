@@ -67,20 +67,20 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     data = encode(loaded.tokenizer, examples, cfg.task.max_length, spec.is_regression)
     p = cfg.probe
     scorer = SCORERS[p.scorer]
-    with ui.progress(f"probe {p.scorer}@{p.site}", p.steps) as advance:
+    with ui.progress(f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), p.steps) as advance:
 
         def batches():
             for indices in probe_batches(data, p.steps, p.batch_size, p.seed):
                 yield collate(data, shard(indices, ctx.rank, ctx.world))
                 advance()
 
-        stat = scorer(loaded.model, loaded.arch, batches(), p.site, loaded.device)
+        stat = scorer(loaded.model, loaded.arch, batches(), cfg, loaded.device)
     scores, flat = min_max(stat.raw)
     if flat:
         ui.note("[yellow]warning:[/] every layer has the same statistic; the ranking falls back to layer order")
     doc = {
         "scorer": p.scorer,
-        "site": p.site,
+        "site": p.site if p.scorer == "activation_norm" else None,
         "model": loaded.arch.identity(cfg.model.name),
         "task": {"name": spec.name, "split": cfg.task.train_split, "max_length": cfg.task.max_length},
         "steps": p.steps,
@@ -92,6 +92,7 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
         "raw": stat.raw,
         "scores": scores,
         "flat": flat,
+        "undefined_layers": [i for i, v in enumerate(stat.raw) if v is None],
         "device": str(loaded.device),
         "world_size": ctx.world,
         "timings": {

@@ -12,13 +12,17 @@ from .errors import ConfigError, Problem
 _TAU_SLACK = 1e-12
 
 
-def min_max(values: list[float]) -> tuple[list[float], bool]:
+def min_max(values: list[float | None]) -> tuple[list[float], bool]:
     """Min-max normalise to [0, 1]. A flat profile (max == min) maps to all ones and is flagged, since
-    then no layer stands out and the ranking falls to the tie-break."""
-    lo, hi = min(values), max(values)
+    then no layer stands out and the ranking falls to the tie-break. An undefined value (None: a scorer
+    could not score that layer) gets score 0, so it is chosen last."""
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return [0.0] * len(values), True
+    lo, hi = min(defined), max(defined)
     if hi - lo <= 1e-12 * max(abs(hi), abs(lo), 1.0):
-        return [1.0] * len(values), True
-    return [(v - lo) / (hi - lo) for v in values], False
+        return [0.0 if v is None else 1.0 for v in values], True
+    return [0.0 if v is None else (v - lo) / (hi - lo) for v in values], False
 
 
 def ranking(scores: list[float]) -> list[int]:

@@ -94,6 +94,9 @@ def make_tiny_model(
     model = AutoModelForSequenceClassification.from_config(config)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    # Known limit: transformers 5 always builds Qwen2Tokenizer for model_type qwen2 (it distrusts hub tokenizer
+    # classes there), which ignores this word-level vocabulary and maps most words to one token. The qwen2 tests
+    # still compare against independent computations on the same inputs; they are just less varied.
     return folder
 
 

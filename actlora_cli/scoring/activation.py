@@ -19,7 +19,7 @@ from ..modeling import Architecture, Site
 class LayerStatistic:
     """What a scorer returns: per-layer raw values and what they were computed over."""
 
-    raw: list[float]
+    raw: list[float | None]  # None: the scorer cannot score that layer (e.g. CKA's degenerate embedding pair)
     batches: int
     tokens: int
     examples: int
@@ -88,6 +88,21 @@ def activation_norms(
     device: torch.device,
 ) -> LayerStatistic:
     """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l."""
+    return _activation_norms(model, arch, batches, site, device)
+
+
+def activation_norm_scorer(model, arch, batches, cfg, device) -> LayerStatistic:
+    """The registry's entry: every scorer takes (model, arch, batches, cfg, device)."""
+    return _activation_norms(model, arch, batches, cfg.probe.site, device)
+
+
+def _activation_norms(
+    model: nn.Module,
+    arch: Architecture,
+    batches: Iterable[dict[str, torch.Tensor]],
+    site: Site,
+    device: torch.device,
+) -> LayerStatistic:
     acc = _Accumulator(arch.num_layers, device)
     examples = torch.zeros((), dtype=torch.float64)
     model.eval()

@@ -1,0 +1,78 @@
+"""Ablation importance (the Act-LoRA paper's reference, section 7.5): from a run trained with LoRA on every
+layer, switch off one layer's adapted projections at a time (Q, V, and both) and record the drop of the
+task metric on the validation split. Importance = |drop|, normalised by its maximum. -> ``<run>/ablation.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from . import artifacts, ui
+from .config import Config
+from .data import encode, eval_splits, load_examples, task_spec
+from .distributed import setup
+from .errors import ArtifactError, Problem
+from .evaluation import evaluate_metrics, load_trained
+
+
+@contextlib.contextmanager
+def switched_off(model, paths: list[str]) -> Iterator[None]:
+    """LoRA on the modules at ``paths`` contributes nothing inside the block (scaling 0), restored after."""
+    base = model.get_base_model()
+    saved = []
+    for path in paths:
+        layer = base.get_submodule(path)
+        saved.append((layer, dict(layer.scaling)))
+        for name in layer.scaling:
+            layer.scaling[name] = 0.0
+    try:
+        yield
+    finally:
+        for layer, scaling in saved:
+            layer.scaling.update(scaling)
+
+
+def run_ablation(cfg: Config) -> dict[str, Any]:
+    """Metric drop per layer and part (q, v, both) on the first evaluation split; writes ablation.json."""
+    ctx = setup()
+    spec = task_spec(cfg.task)
+    loaded, model = load_trained(cfg, spec.num_labels, ctx)
+    arch = loaded.arch
+    summary = artifacts.read_artifact(cfg.run_dir / "train_summary.json", "train_summary", model_name=cfg.model.name)
+    if summary["plan"]["layers"] != list(range(arch.num_layers)):
+        raise ArtifactError(
+            Problem(str(cfg.run_dir), f"the adapter covers layers {summary['plan']['layers']}, not every layer",
+                    "ablation needs LoRA on all layers: actlora train --k all (into its own output_dir)")
+        )
+    split = eval_splits(cfg.task, spec)[0]
+    data = encode(loaded.tokenizer, load_examples(cfg.task, spec, split), cfg.task.max_length, spec.is_regression)
+    metric = spec.metrics[0]
+    batch = cfg.train.eval_batch_size
+    full = evaluate_metrics(model, data, spec, batch, ctx)[metric]
+    parts = {"q": ["q"], "v": ["v"], "both": ["q", "v"]}
+    drops: dict[str, list[float]] = {p: [] for p in parts}
+    with ui.progress("ablation", arch.num_layers * len(parts)) as advance:
+        for layer in range(arch.num_layers):
+            for part, logical in parts.items():
+                paths = [arch.projections[name][layer] for name in logical]
+                with switched_off(model, paths):
+                    drops[part].append(full - evaluate_metrics(model, data, spec, batch, ctx)[metric])
+                advance()
+    importance = {}
+    for part, values in drops.items():
+        top = max(abs(v) for v in values)
+        importance[part] = [abs(v) / top if top > 0 else 0.0 for v in values]
+    doc = {
+        "model": arch.identity(cfg.model.name),
+        "task": {"name": spec.name, "split": split, "examples": len(data)},
+        "metric": metric,
+        "full_metric": full,
+        "drop": drops,
+        "importance": importance,
+        "provenance": artifacts.provenance(cfg.hash()),
+    }
+    if ctx.is_main:
+        doc = artifacts.write_artifact(cfg.run_dir / "ablation.json", "ablation", doc)
+    return doc

@@ -1,0 +1,109 @@
+"""Figures for the studies, as PNG files: layer scores with the chosen layers marked, the C(k) curve with
+the tau thresholds, per-seed score profiles, and scorer-by-layer (or task-by-task) heatmaps.
+
+Every figure is drawn on its own Agg canvas instead of through pyplot with matplotlib.use("Agg"): importing
+this module never switches the backend of the caller (a notebook, say), needs no display, and leaves no
+figure registered in pyplot's global state to leak."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from ..selection import cumulative_importance, k_for_tau
+
+DPI = 100
+
+
+def _figure(n_columns: int, height: float = 4.0) -> Figure:
+    """A figure wide enough for ``n_columns`` layer (or task) labels, on an Agg canvas."""
+    fig = Figure(figsize=(max(6.0, 0.45 * n_columns + 2.0), height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_layer_scores(scores: Sequence[float], selected: Sequence[int], path: Path | str, title: str) -> Path:
+    """Bar chart of per-layer scores; the selected layers are filled, the others pale."""
+    fig = _figure(len(scores))
+    ax = fig.add_subplot()
+    chosen = set(selected)
+    layers = range(len(scores))
+    colors = {True: "tab:orange", False: "lightsteelblue"}
+    ax.bar(layers, scores, color=[colors[i in chosen] for i in layers])
+    ax.set(xticks=list(layers), xlabel="layer", ylabel="score", title=title)
+    ax.legend(handles=[Patch(color=colors[True], label=f"selected ({len(chosen)})"),
+                       Patch(color=colors[False], label="not selected")])
+    return _save(fig, path)
+
+
+def plot_cumulative(
+    scores: Sequence[float],
+    taus: Sequence[float],
+    path: Path | str,
+    title: str = "Cumulative importance C(k)",
+) -> Path:
+    """C(k) against k, a dashed line at each tau, and the point (k_tau, C(k_tau)) marked and labelled."""
+    scores = [float(s) for s in scores]
+    curve = cumulative_importance(scores)
+    ks = range(1, len(curve) + 1)
+    fig = _figure(len(curve))
+    ax = fig.add_subplot()
+    ax.plot(ks, curve, marker="o", color="tab:blue", label="C(k)")
+    for tau in taus:
+        k = k_for_tau(scores, tau)
+        ax.axhline(tau, color="grey", linestyle="--", linewidth=0.8)
+        ax.plot([k], [curve[k - 1]], marker="s", color="tab:red", markersize=8)
+        ax.annotate(f"τ={tau:g}: k={k}", (k, curve[k - 1]), textcoords="offset points", xytext=(6, -12))
+    ax.set(xticks=list(ks), ylim=(0, 1.05), xlabel="k (top-ranked layers)", ylabel="C(k)", title=title)
+    return _save(fig, path)
+
+
+def plot_seed_scores(
+    scores_by_seed: Sequence[Sequence[float]], path: Path | str, title: str = "Layer scores by seed"
+) -> Path:
+    """One line per seed over the layers, so (in)stability across seeds shows as (non-)overlap."""
+    n_layers = len(scores_by_seed[0])
+    fig = _figure(n_layers)
+    ax = fig.add_subplot()
+    for i, scores in enumerate(scores_by_seed):
+        ax.plot(range(n_layers), scores, marker=".", alpha=0.8, label=f"seed {i}")
+    ax.set(xticks=list(range(n_layers)), xlabel="layer", ylabel="score", title=title)
+    ax.legend(fontsize="small", ncol=max(1, len(scores_by_seed) // 6))
+    return _save(fig, path)
+
+
+def plot_heatmap(
+    matrix: dict[str, Sequence[float | None]],
+    path: Path | str,
+    title: str,
+    xlabel: str = "layer",
+    ylabel: str = "scorer",
+    column_labels: Sequence[str] | None = None,
+) -> Path:
+    """Rows of ``matrix`` (e.g. one per scorer) against columns (layers by default, or ``column_labels``),
+    with a colorbar. None cells are grey."""
+    rows = list(matrix)
+    values = np.array([[np.nan if v is None else v for v in matrix[r]] for r in rows], dtype=float)
+    n_columns = values.shape[1]
+    fig = _figure(n_columns, height=1.5 + 0.45 * len(rows))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap)
+    fig.colorbar(image, ax=ax)
+    ax.set(xticks=range(n_columns), yticks=range(len(rows)), xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_xticklabels(column_labels if column_labels is not None else range(n_columns))
+    ax.set_yticklabels(rows)
+    return _save(fig, path)

@@ -1,0 +1,113 @@
+"""The validity studies of the Act-LoRA paper (sections 7.2-7.5), run on any model: each probes as many times
+as it needs through the probe stage, then hands the score vectors to ``analysis`` and writes
+``<out>/<study>.json``, ``<study>.md`` and PNG plots.
+
+- stability: the same scorer over N probe seeds: pairwise Kendall tau, top-k Jaccard (Tables 9, 10);
+- tasks: one scorer over several tasks: rank-correlation matrix (Fig. 11);
+- correlation: several scorers against ablation importance: Pearson, Spearman, Kendall, cosine (Table 11);
+- thresholds: the k needed for tau = 25/50/75/100% (Table 8), and the C(k) curve.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import artifacts, ui
+from .analysis import agreement, correlation, plots, report, stability, thresholds
+from .config import Config
+from .probe import run_probe
+from .selection import select
+
+
+def variant(cfg: Config, **dotted: Any) -> Config:
+    """A copy of ``cfg`` with dotted keys replaced (``variant(cfg, **{"probe.seed": 3})``), validated."""
+    data = cfg.to_dict()
+    for key, value in dotted.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return Config.model_validate(data)
+
+
+def probe_scores(cfg: Config, out: Path, name: str, seed: int) -> dict[str, Any]:
+    """One probe into ``out/scores/<name>``; the head (new, random) is seeded too, which gradient-based
+    scorers see: that is part of their seed dependence."""
+    torch.manual_seed(seed)
+    return run_probe(variant(cfg, output_dir=str(out / "scores" / name), **{"probe.seed": seed}))
+
+
+def study_stability(cfg: Config, scorers: list[str], seeds: list[int], ks: list[int], out: Path) -> dict[str, Any]:
+    results, parts = {}, []
+    for scorer in scorers:
+        by_seed = []
+        for seed in seeds:
+            ui.note(f"stability: {scorer}, seed {seed}")
+            doc = probe_scores(variant(cfg, **{"probe.scorer": scorer}), out, f"{scorer}_seed{seed}", seed)
+            by_seed.append(doc["scores"])
+        result = stability.seed_stability(by_seed, ks)
+        results[scorer] = {**result, "scores_by_seed": by_seed}
+        plots.plot_seed_scores(by_seed, out / f"stability_{scorer}.png", title=f"{scorer}: scores over {len(seeds)} seeds")
+        parts.append(f"### {scorer}\n\n" + stability.markdown(result, label=scorer))
+    md = "\n".join(parts)
+    payload = {"study": "stability", "seeds": seeds, "ks": ks, "results": results, **_context(cfg)}
+    report.write_study(out, "stability", payload, md)
+    return payload
+
+
+def study_tasks(cfg: Config, tasks: list[str], out: Path) -> dict[str, Any]:
+    by_task = {}
+    for task in tasks:
+        ui.note(f"tasks: {task}")
+        doc = probe_scores(variant(cfg, **{"task.name": task}), out, f"task_{task}", cfg.probe.seed)
+        by_task[task] = doc["scores"]
+    result = agreement.task_agreement(by_task)
+    plots.plot_heatmap(by_task, out / "tasks_scores.png", f"{cfg.probe.scorer} scores by task")
+    md = agreement.markdown(result)
+    payload = {"study": "tasks", "tasks": tasks, "scores_by_task": by_task, "results": result, **_context(cfg)}
+    report.write_study(out, "tasks", payload, md)
+    return payload
+
+
+def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, Any]:
+    """``cfg.output_dir`` is a run trained with LoRA on every layer, with ablation.json (actlora ablate)."""
+    ablation = artifacts.read_artifact(cfg.run_dir / "ablation.json", "ablation", model_name=cfg.model.name)
+    by_scorer = {}
+    for scorer in scorers:
+        ui.note(f"correlation: {scorer}")
+        extra = {"probe.adapter": str(cfg.run_dir / "adapter")} if scorer == "weight_delta" else {}
+        doc = probe_scores(variant(cfg, **{"probe.scorer": scorer}, **extra), out, f"corr_{scorer}", cfg.probe.seed)
+        by_scorer[scorer] = doc["scores"]
+    results, sections = {}, []
+    for part in ("q", "v", "both"):
+        results[part] = correlation.correlate_with_reference(by_scorer, ablation["importance"][part])
+        sections.append(f"### ablating {part}\n\n" + correlation.markdown(results[part]))
+    plots.plot_heatmap({**by_scorer, "ablation (q+v)": ablation["importance"]["both"]}, out / "correlation_heatmap.png",
+                       "layer importance by scorer (min-max) and by ablation")
+    md = "\n".join(sections)
+    payload = {"study": "correlation", "scores": by_scorer, "ablation": ablation["importance"],
+               "ablation_drop": ablation["drop"], "results": results, **_context(cfg)}
+    report.write_study(out, "correlation", payload, md)
+    return payload
+
+
+def study_thresholds(cfg: Config, out: Path, taus: list[float]) -> dict[str, Any]:
+    scores = artifacts.read_artifact(cfg.run_dir / "scores.json", "scores", model_name=cfg.model.name)
+    table = thresholds.threshold_table(scores["scores"], taus)
+    plots.plot_cumulative(scores["scores"], taus, out / "thresholds_curve.png")
+    k = cfg.rank.k if isinstance(cfg.rank.k, int) else table[len(table) // 2]["k"]
+    plots.plot_layer_scores(scores["scores"], select(scores["scores"], k=k).layers, out / "layer_scores.png",
+                            f"{scores['scorer']} at {scores['site']}: top-{k} marked")
+    md = thresholds.markdown(table)
+    payload = {"study": "thresholds", "scores": scores["scores"], "table": table, **_context(cfg)}
+    report.write_study(out, "thresholds", payload, md)
+    return payload
+
+
+def _context(cfg: Config) -> dict[str, Any]:
+    return {"model": cfg.model.name, "task": cfg.task.name, "probe": cfg.probe.model_dump(),
+            "provenance": artifacts.provenance(cfg.hash())}

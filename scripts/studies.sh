@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reproduces the committed studies in results/studies/minilm/ (packaged MiniLM, packaged sentiment data):
+# seed stability, task agreement, correlation with ablation importance, tau thresholds. About 15 minutes on a
+# 2-core CPU. Each command is the documented one; nothing here is special to these results.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+CFG=configs/minilm_movies_demo.yaml
+RUN=runs/minilm_movies_demo_lora_all   # LoRA on every layer: the ablation reference
+OUT=results/studies/minilm
+S=50                                     # probe batches per score vector in the studies
+actlora data fetch
+[ -f "$RUN/adapter/adapter_config.json" ] || actlora train --config "$CFG" -o "$RUN" --k all
+actlora ablate --config "$CFG" -o "$RUN"
+actlora study correlation --config "$CFG" -o "$RUN" --set probe.steps=$S --out "$OUT"
+actlora study stability   --config "$CFG" --set probe.steps=$S --scorers activation_norm,grad_norm,cka --seeds 10 --ks 2,3,4 --out "$OUT"
+actlora study tasks       --config "$CFG" --set probe.steps=$S --tasks movies,tweets,amazon,nyt --out "$OUT"
+actlora probe --config "$CFG" -o runs/minilm_movies_demo
+actlora study thresholds  --config "$CFG" -o runs/minilm_movies_demo --out "$OUT"

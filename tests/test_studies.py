@@ -1,0 +1,90 @@
+"""Every study command end to end on a tiny model through the CLI: JSON (kind 'study'), Markdown, PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from actlora_cli.cli import app
+from tests.conftest import NUM_LAYERS, tiny_config
+
+runner = CliRunner()
+
+
+def _run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_models, tiny_task):
+    root = tmp_path_factory.mktemp("studies")
+    cfg = tiny_config(tiny_models["bert"], tiny_task, root / "run", probe={"steps": 2, "batch_size": 8},
+                      train={"epochs": 2, "lr": 2e-2})
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, path
+
+
+def _study(out, name):
+    doc = json.loads((out / f"{name}.json").read_text())
+    assert doc["kind"] == "study" and (out / f"{name}.md").read_text().strip()
+    return doc
+
+
+def test_stability_over_seeds(setup):
+    root, cfg = setup
+    out = root / "out"
+    _run("study", "stability", "-c", cfg, "--scorers", "activation_norm,grad_norm", "--seeds", 3, "--ks", "1,2",
+         "--out", out)
+    doc = _study(out, "stability")
+    payload = doc.get("result", doc)
+    for scorer in ("activation_norm", "grad_norm"):
+        res = payload["results"][scorer]
+        assert len(res["scores_by_seed"]) == 3 and len(res["scores_by_seed"][0]) == NUM_LAYERS
+        assert res["kendall_tau"]["n"] + res["kendall_tau"]["n_undefined"] == 3
+        assert set(res["jaccard"]) == {"1", "2"}
+        assert (out / f"stability_{scorer}.png").stat().st_size > 0
+
+
+def test_thresholds_and_plots(setup):
+    root, cfg = setup
+    out = root / "out_t"
+    _run("probe", "-c", cfg)
+    text = _run("study", "thresholds", "-c", cfg, "--out", out)
+    doc = _study(out, "thresholds")
+    table = doc.get("result", doc)["table"]
+    assert [row["tau"] for row in table] == [0.25, 0.5, 0.75, 1.0]
+    assert [row["k"] for row in table] == sorted(row["k"] for row in table)
+    assert (out / "thresholds_curve.png").is_file() and (out / "layer_scores.png").is_file()
+    assert "25%" in text or "0.25" in text
+
+
+def test_correlation_with_ablation(setup):
+    root, cfg = setup
+    out = root / "out_c"
+    _run("train", "-c", cfg, "--k", "all")
+    _run("ablate", "-c", cfg)
+    _run("study", "correlation", "-c", cfg, "--scorers", "activation_norm,cka,grad_norm,fisher,taylor,weight_delta",
+         "--out", out)
+    doc = _study(out, "correlation")
+    results = doc.get("result", doc)["results"]
+    assert set(results) == {"q", "v", "both"}
+    assert set(results["both"]) == {"activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta"}
+    assert (out / "correlation_heatmap.png").is_file()
+
+
+@pytest.mark.slow
+def test_task_agreement_on_packaged_domains(setup):
+    root, cfg = setup
+    out = root / "out_tasks"
+    _run("study", "tasks", "-c", cfg, "--tasks", "movies,tweets,nyt", "--out", out,
+         "--set", "task.max_train_examples=64")
+    doc = _study(out, "tasks")
+    matrix = doc.get("result", doc)["results"]["spearman"]
+    assert set(matrix) == {"movies", "tweets", "nyt"}
+    assert matrix["movies"]["movies"] == pytest.approx(1.0)
