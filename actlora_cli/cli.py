@@ -78,6 +78,17 @@ def _handled(debug: bool):
         for problem in exc.problems:
             ui.err.print(f"  [bold]{problem.where}[/]: {problem.what}" + (f"\n    fix: {problem.fix}" if problem.fix else ""))
         raise typer.Exit(2) from None
+    finally:
+        from .distributed import teardown
+
+        teardown()
+
+
+def _numbers(text: str, kind: type, flag: str) -> list:
+    try:
+        return [kind(part) for part in _csv(text)]
+    except ValueError:
+        raise ConfigError([Problem(flag, f"expected comma-separated numbers, got '{text}'", "e.g. 2,4")]) from None
 
 
 def _parse_k(k: str | None) -> int | str | None:
@@ -138,6 +149,8 @@ def probe(
         from .probe import run_probe
 
         doc = run_probe(cfg)
+        if ui.quiet():
+            return
         where = f" at {doc['site']}" if doc["site"] else ""
         table = Table(title=f"{doc['scorer']}{where}: {doc['model']['name']} on {doc['task']['name']}")
         for col in ("layer", "raw", "score", ""):
@@ -298,6 +311,8 @@ def ablate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     output_dir: OutputOpt = None,
+    mode: Annotated[str, typer.Option(help="adapter: switch the layer's LoRA off; projection: zero the whole "
+                                           "projection (the paper's wording).")] = "adapter",
     debug: DebugOpt = False,
 ) -> None:
     """Ablation importance: in a run trained with LoRA on every layer (--k all), switch off one layer's Q, V
@@ -307,13 +322,17 @@ def ablate(
         _quiet_libraries()
         from .ablation import run_ablation
 
-        doc = run_ablation(cfg)
+        if mode not in ("adapter", "projection"):
+            raise ConfigError([Problem("--mode", f"unknown mode '{mode}'", "adapter or projection")])
+        doc = run_ablation(cfg, mode)
+        if ui.quiet():
+            return
         table = Table(title=f"ablation: {doc['metric']} {doc['full_metric']:.4f} with every adapter on")
-        for col in ("layer", "drop q", "drop v", "drop q+v", "importance q+v"):
+        parts = list(doc["drop"])
+        for col in ("layer", *(f"drop {p}" for p in parts), "importance (both)"):
             table.add_column(col, justify="right")
         for i in range(len(doc["drop"]["both"])):
-            table.add_row(str(i), *(f"{doc['drop'][p][i]:+.4f}" for p in ("q", "v", "both")),
-                          f"{doc['importance']['both'][i]:.3f}")
+            table.add_row(str(i), *(f"{doc['drop'][p][i]:+.4f}" for p in parts), f"{doc['importance']['both'][i]:.3f}")
         ui.out.print(table)
 
 
@@ -344,7 +363,7 @@ def study_stability_cmd(
         _quiet_libraries()
         from .studies import study_stability
 
-        study_stability(cfg, _csv(scorers), list(range(seeds)), [int(k) for k in _csv(ks)], out)
+        study_stability(cfg, _csv(scorers), list(range(seeds)), _numbers(ks, int, "--ks"), out)
         _print_md(out, "stability")
 
 
@@ -403,7 +422,7 @@ def study_thresholds_cmd(
         _quiet_libraries()
         from .studies import study_thresholds
 
-        study_thresholds(cfg, out, [float(t) for t in _csv(taus)])
+        study_thresholds(cfg, out, _numbers(taus, float, "--taus"))
         _print_md(out, "thresholds")
 
 

@@ -103,9 +103,6 @@ class TaskSection(Section):
         return self
 
 
-SCORER_NAMES = ("activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta")
-
-
 class ProbeSection(Section):
     scorer: Literal["activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta"] = Field(
         "activation_norm",
@@ -305,7 +302,7 @@ def load_config(
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_problems_from(exc))
+        problems.extend(problems_from(exc))
         cfg = None
     if problems:
         raise ConfigError(problems, source=str(path) if path else None)
@@ -322,7 +319,7 @@ def _user_loc(loc: list[str]) -> list[str]:
     return loc
 
 
-def _problems_from(exc: ValidationError) -> list[Problem]:
+def problems_from(exc: ValidationError) -> list[Problem]:
     problems: list[Problem] = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]

@@ -197,7 +197,10 @@ def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
         )
     labels_raw = frame[spec.label_field].tolist()
     if spec.is_regression:
-        labels: list = [float(x) for x in labels_raw]
+        try:
+            labels: list = [float(x) for x in labels_raw]
+        except ValueError as exc:
+            raise DataError(Problem(where, f"non-numeric regression target ({exc})", "the label column must hold numbers")) from None
     elif spec.label_names is not None:
         index = {name: i for i, name in enumerate(spec.label_names)}
         unknown = sorted({str(x) for x in labels_raw if str(x) not in index and not str(x).lstrip("-").isdigit()})

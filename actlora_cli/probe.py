@@ -37,11 +37,12 @@ def load_for(cfg: Config, num_labels: int, device: torch.device | None = None) -
     return Loaded(model, tokenizer, locate(model), device, time.perf_counter() - start)
 
 
-def probe_batches(data: Encoded, steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """S batches of indices, reshuffled (seed + pass) whenever the split runs out."""
+def probe_batches(data: Encoded, steps: int, batch_size: int, seed: int, world: int = 1) -> Iterator[list[int]]:
+    """S batches of indices, reshuffled (seed + pass) whenever the split runs out; a batch too small to give
+    every rank a share is skipped."""
     produced, epoch = 0, 0  # the same global batches on every rank: each then takes its share
     while produced < steps:
-        for indices in batch_indices(len(data), batch_size, shuffle=True, seed=seed + epoch):
+        for indices in batch_indices(len(data), batch_size, shuffle=True, seed=seed + epoch, min_size=world):
             if produced == steps:
                 return
             yield indices
@@ -70,7 +71,7 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     with ui.progress(f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), p.steps) as advance:
 
         def batches():
-            for indices in probe_batches(data, p.steps, p.batch_size, p.seed):
+            for indices in probe_batches(data, p.steps, p.batch_size, p.seed, ctx.world):
                 yield collate(data, shard(indices, ctx.rank, ctx.world))
                 advance()
 

@@ -17,7 +17,10 @@ import torch
 
 from . import artifacts, ui
 from .analysis import agreement, correlation, plots, report, stability, thresholds
-from .config import Config
+from pydantic import ValidationError
+
+from .config import Config, problems_from
+from .errors import ConfigError
 from .probe import run_probe
 from .selection import select
 
@@ -31,7 +34,10 @@ def variant(cfg: Config, **dotted: Any) -> Config:
         for part in parents:
             node = node[part]
         node[leaf] = value
-    return Config.model_validate(data)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc)) from None
 
 
 def probe_scores(cfg: Config, out: Path, name: str, seed: int) -> dict[str, Any]:
@@ -83,7 +89,7 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
         doc = probe_scores(variant(cfg, **{"probe.scorer": scorer}, **extra), out, f"corr_{scorer}", cfg.probe.seed)
         by_scorer[scorer] = doc["scores"]
     results, sections = {}, []
-    for part in ("q", "v", "both"):
+    for part in ablation["importance"]:
         results[part] = correlation.correlate_with_reference(by_scorer, ablation["importance"][part])
         sections.append(f"### ablating {part}\n\n" + correlation.markdown(results[part]))
     plots.plot_heatmap({**by_scorer, "ablation (q+v)": ablation["importance"]["both"]}, out / "correlation_heatmap.png",

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from . import artifacts, ui
 from .adapters import adapted_layers, apply_lora, count_parameters
 from .config import Config
-from .data import Encoded, batch_indices, collate, encode, eval_splits, load_examples, shard, task_spec, to_device
+from .data import batch_indices, collate, encode, eval_splits, load_examples, shard, task_spec, to_device
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
-from .errors import ActloraError, ArtifactError, Problem
+from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import evaluate_metrics
 from .probe import load_for, write_resolved
 from .rank import plan_from_scores
@@ -53,6 +53,11 @@ def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[P
     selection_path = cfg.run_dir / "selection.json"
     if not rule_from_flags and selection_path.is_file():
         doc = artifacts.read_artifact(selection_path, "selection", model_name=cfg.model.name)
+        scores_path = cfg.run_dir / "scores.json"
+        if scores_path.is_file() and doc.get("scores_hash") not in (None, artifacts.file_hash(scores_path)):
+            raise ArtifactError(Problem(
+                str(selection_path), "made from other scores than the run's scores.json (it was probed again)",
+                "re-run `actlora rank`, or pass --k/--tau to rank on the fly"))
         plan = Plan(doc["layers"], doc["k"], doc["tau"], doc["rule"], doc["ranking"], doc["cumulative_importance"])
         return plan, str(selection_path)
     scores_path = cfg.run_dir / "scores.json"
@@ -68,18 +73,19 @@ def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[P
 # Pieces of the loop
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool, reduction: str = "mean") -> torch.Tensor:
     if regression:
-        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-    return F.cross_entropy(logits.float(), labels)
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction=reduction)
+    return F.cross_entropy(logits.float(), labels, reduction=reduction)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
-    """Linear warm-up to the peak, then linear decay to zero."""
+    """Linear warm-up reaching the peak at step ``warmup_steps`` (once), then linear decay towards zero:
+    the last step runs at peak / (total - warmup)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
+            return (step + 1) / (warmup_steps + 1)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
@@ -153,7 +159,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int, epoch: int, extra: dict) -> None:
+def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int, extra: dict) -> None:
     """Adapter + head in PEFT's format, and the loop state; written beside and swapped in, so a crash
     mid-save leaves the previous checkpoint whole."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -162,7 +168,6 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int
     torch.save(
         {
             "step": step,
-            "epoch": epoch,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
@@ -177,6 +182,14 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The last complete checkpoint: ``last``, or ``last.old`` when a crash came between the two renames."""
+    for name in ("last", "last.old"):
+        if (ckpt_dir / name / "state.pt").is_file():
+            return ckpt_dir / name
+    return None
 
 
 def load_adapter_weights(model, adapter_dir: Path) -> None:
@@ -218,16 +231,29 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         for split in eval_splits(cfg.task, spec)
     }
 
+    amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
+    base_dtype = next(p.dtype for p in loaded.model.parameters() if not p.requires_grad and p.is_floating_point())
+    if amp_dtype is None and base_dtype in (torch.float16, torch.bfloat16):
+        raise ConfigError([Problem(
+            "train.precision", f"fp32 training on a {str(base_dtype).replace('torch.', '')} model",
+            "set train.precision=bf16 (or fp16), or model.dtype=float32")])
+
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if ctx.device.type == "cuda" else {})
     )
-    steps_per_epoch = math.ceil(len(train_data) / t.batch_size)
+    # every rank must get a share of every micro-batch: a final batch smaller than world x grad_accum is dropped,
+    # and the epoch is counted with the same rule (a count that disagreed would never finish the epoch)
+    min_batch = ctx.world * t.grad_accum
+    steps_per_epoch = len(batch_indices(len(train_data), t.batch_size, shuffle=False, min_size=min_batch))
+    if steps_per_epoch == 0:
+        raise ConfigError([Problem(
+            "train.batch_size", f"{len(train_data)} training examples cannot fill one step of {min_batch} "
+            f"(world size {ctx.world} x grad_accum {t.grad_accum})", "use more examples or fewer ranks")])
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, round(t.warmup_ratio * total_steps)))
-    amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
 
@@ -235,24 +261,38 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     ckpt_dir = run_dir / "checkpoints"
     log_path = run_dir / "train_log.jsonl"
     step = 0
+    meta = {"plan": plan.layers, "world": ctx.world, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+            "model": cfg.model.name}
+    totals = {"train_seconds": 0.0, "samples": 0, "phase_ms": [0.0, 0.0, 0.0], "steps_timed": 0, "history": [],
+              "peak_mib": 0.0}
     if resume:
-        last = ckpt_dir / "last"
-        if not (last / "state.pt").is_file():
-            raise ArtifactError(Problem(str(last), "no checkpoint to resume from", "drop --resume to start afresh"))
+        last = last_checkpoint(ckpt_dir)
+        if last is None:
+            raise ArtifactError(Problem(str(ckpt_dir / "last"), "no checkpoint to resume from", "drop --resume to start afresh"))
+        state = torch.load(last / "state.pt", map_location="cpu", weights_only=False)
+        differs = {k: (state.get("meta", {}).get(k), v) for k, v in meta.items() if state.get("meta", {}).get(k) != v}
+        if differs:
+            raise ArtifactError(Problem(
+                str(last), "the checkpoint was made by a different run: "
+                + ", ".join(f"{k} {was} -> {now}" for k, (was, now) in differs.items()),
+                "resume with the settings it was made with, or drop --resume to start afresh"))
         load_adapter_weights(model, last / "adapter")
-        state = torch.load(last / "state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         step = state["step"]
+        totals = state["totals"]
         if ctx.is_main and log_path.is_file():
             kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
             artifacts.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
         ui.note(f"resumed from {last} at step {step}")
     elif ctx.is_main:
+        # a fresh run: nothing of an earlier run in this folder may be resumed or mistaken for this one's
         log_path.unlink(missing_ok=True)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    barrier()
     if ctx.is_main:
         write_resolved(cfg)
         ui.note(
@@ -261,11 +301,10 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         )
 
     timer = PhaseTimer(ctx.device)
-    phase_totals = np.zeros(3)
-    samples_done = steps_this_run = 0
-    peak_mib = 0.0
-    loop_start = time.perf_counter()
-    history: list[dict[str, Any]] = []
+    phase_totals = np.array(totals["phase_ms"])
+    samples_done, steps_timed, peak_mib = totals["samples"], totals["steps_timed"], totals["peak_mib"]
+    history: list[dict[str, Any]] = totals["history"]
+    loop_start = time.perf_counter() - totals["train_seconds"]
     log = log_path.open("a") if ctx.is_main else None
     ddp_model.train()
     with ui.progress("train", total_steps) as advance:
@@ -277,19 +316,22 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 lengths=train_data.lengths if t.group_by_length else None, min_size=ctx.world * t.grad_accum,
             )
             for global_batch in batches[step - epoch * steps_per_epoch :]:
-                timer.start()
-                # grad_accum micro-batches of near-equal size, each with at least one example per rank
+                # grad_accum micro-batches of near-equal size, each with at least one example per rank;
+                # collated before the clock starts, so the phases time the model, not the padding loop
                 chunks = [global_batch[i::t.grad_accum] for i in range(t.grad_accum)]
+                micro_batches = [to_device(collate(train_data, shard(c, ctx.rank, ctx.world)), ctx.device) for c in chunks]
+                timer.start()
                 loss_sum = torch.zeros((), device=ctx.device)
-                for i, chunk in enumerate(chunks):
-                    batch = to_device(collate(train_data, shard(chunk, ctx.rank, ctx.world)), ctx.device)
+                for i, batch in enumerate(micro_batches):
                     labels = batch.pop("labels")
                     # gradient sync only on the last micro-batch of the step
                     sync = ctx.enabled and i < len(chunks) - 1
                     with ddp_model.no_sync() if sync else nullcontext():
                         with autocast():
                             logits = ddp_model(**batch).logits
-                        loss = compute_loss(logits, labels, spec.is_regression) * (len(chunk) / len(global_batch))
+                        # sum over this rank's share, scaled so that DDP's average over ranks is the mean over
+                        # the global batch whatever the shares' sizes (a per-rank mean would weight them unequally)
+                        loss = compute_loss(logits, labels, spec.is_regression, "sum") * (ctx.world / len(global_batch))
                         timer.mark()
                         if i == 0:
                             mem_fwd = timer.memory()
@@ -303,7 +345,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                     scaler.unscale_(optimizer)
                 if t.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                loss_value = float(all_reduce_sum(loss_sum) / ctx.world)
+                loss_value = float(all_reduce_sum(loss_sum)) / ctx.world
                 if not math.isfinite(loss_value):
                     raise NonFiniteLoss(
                         Problem(
@@ -313,6 +355,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                             "train.precision=fp32/bf16, then `actlora train --resume`",
                         )
                     )
+                lr_used = optimizer.param_groups[0]["lr"]
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -322,7 +365,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 scheduler.step()
                 timer.mark()
                 step += 1
-                steps_this_run += 1
+                steps_timed += 1
                 durations = timer.durations_ms()
                 fwd_ms = sum(durations[0:-1:2])  # marks: start, fwd, bwd, fwd, bwd, ..., opt
                 bwd_ms = sum(durations[1:-1:2])
@@ -331,7 +374,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 samples_done += len(global_batch)
                 record = {
                     "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_value,
-                    "lr": scheduler.get_last_lr()[0], "forward_ms": round(fwd_ms, 3), "backward_ms": round(bwd_ms, 3),
+                    "lr": lr_used, "forward_ms": round(fwd_ms, 3), "backward_ms": round(bwd_ms, 3),
                     "optimizer_ms": round(opt_ms, 3), "samples": len(global_batch),
                     "mem_after_forward_mib": mem_fwd, "mem_peak_backward_mib": mem_bwd,
                     "mem_after_step_mib": timer.memory(),
@@ -342,9 +385,6 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 rate = samples_done / (time.perf_counter() - loop_start)
                 advance(1, info=f"loss {loss_value:.4f}  {rate:.1f} samples/s")
                 epoch_done = step % steps_per_epoch == 0 or step == total_steps
-                if epoch_done or (t.save_every is not None and step % t.save_every == 0):
-                    if ctx.is_main:
-                        save_checkpoint(ckpt_dir / "last", model, optimizer, scheduler, scaler, step, epoch, {})
                 if epoch_done:
                     metrics = {
                         split: evaluate_metrics(model, data, spec, t.eval_batch_size, ctx, autocast)
@@ -352,11 +392,18 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                     }
                     ddp_model.train()
                     history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "metrics": metrics})
+                if epoch_done or (t.save_every is not None and step % t.save_every == 0):
                     if ctx.is_main:
-                        shutil.copytree(ckpt_dir / "last" / "adapter", ckpt_dir / f"step-{step}", dirs_exist_ok=True)
-                        shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
-                        ui.note(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown}")
+                        totals = {"train_seconds": time.perf_counter() - loop_start, "samples": samples_done,
+                                  "phase_ms": phase_totals.tolist(), "steps_timed": steps_timed,
+                                  "history": history, "peak_mib": peak_mib}
+                        save_checkpoint(ckpt_dir / "last", model, optimizer, scheduler, scaler, step,
+                                        {"meta": meta, "totals": totals})
                     barrier()
+                if epoch_done and ctx.is_main:
+                    shutil.copytree(ckpt_dir / "last" / "adapter", ckpt_dir / f"step-{step}", dirs_exist_ok=True)
+                    shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
+                    ui.note(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown}")
                 if step >= total_steps:
                     break
     if log is not None:
@@ -366,7 +413,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     if ctx.is_main:
         model.save_pretrained(run_dir / "adapter")
     barrier()
-    steps_run = max(1, steps_this_run)
+    steps_run = max(1, steps_timed)
     summary = {
         "model": loaded.arch.identity(cfg.model.name),
         "task": {"name": spec.name, "train_examples": len(train_data)},

@@ -51,6 +51,17 @@ def test_drops_match_zeroing_lora_b(trained_all):
         assert doc["drop"]["both"][layer] == pytest.approx(dropped, abs=1e-12)
 
 
+def test_projection_mode_zeroes_the_whole_projection(trained_all):
+    _, model = load_trained(trained_all, 2, Dist(0, 1, 0, torch.device("cpu")))
+    path = "bert.encoder.layer.2.attention.self.value"
+    layer = model.get_base_model().get_submodule(path)
+    before = layer.get_base_layer().weight.detach().clone()
+    x = torch.randn(3, 32)
+    with switched_off(model, [path], "projection"):
+        assert torch.equal(layer(x), torch.zeros(3, 32))
+    assert torch.equal(layer.get_base_layer().weight, before)
+
+
 def test_switch_is_restored(trained_all):
     _, model = load_trained(trained_all, 2, Dist(0, 1, 0, torch.device("cpu")))
     layer = model.get_base_model().get_submodule("bert.encoder.layer.1.attention.self.query")

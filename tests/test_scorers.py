@@ -118,9 +118,11 @@ def test_every_scorer_probes_and_ranks_every_family(tiny_models, tiny_task, adap
 
 
 def test_registry_names_match_the_config_schema():
-    from actlora_cli.config import SCORER_NAMES
+    from typing import get_args
 
-    assert sorted(SCORERS) == sorted(SCORER_NAMES)
+    from actlora_cli.config import ProbeSection
+
+    assert sorted(SCORERS) == sorted(get_args(ProbeSection.model_fields["scorer"].annotation))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -125,9 +125,10 @@ def test_log_and_summary(tmp_path, tiny_models, tiny_task):
     assert summary["steps"] == 12 and summary["plan"]["layers"] == [0, 1, 2, 3]
     assert summary["trainable_parameters"] == 4 * 2 * 2 * 8 * HIDDEN + HIDDEN * 2 + 2
     assert set(summary["final_metrics"]["validation"]) == {"accuracy", "f1"}
-    # warm-up then linear decay to zero
+    # the lr each step ran with: warm-up (1 step of 12) reaching the peak once, then linear decay
     lrs = [r["lr"] for r in log]
-    assert max(lrs) == pytest.approx(2e-4) and lrs[-1] == pytest.approx(0.0)
+    assert lrs[0] == pytest.approx(1e-4) and lrs[1] == pytest.approx(2e-4) and lrs.count(max(lrs)) == 1
+    assert lrs[-1] == pytest.approx(2e-4 / 11)
     assert (cfg.run_dir / "checkpoints" / "step-12" / "adapter_model.safetensors").is_file()
 
 
@@ -139,9 +140,9 @@ def test_nan_stops_with_checkpoint_then_resume_matches_uninterrupted(tmp_path, t
     broken = _cfg(tmp_path / "b", tiny_models, tiny_task, **sections)
     real_loss, calls = train.compute_loss, {"n": 0}
 
-    def poisoned(logits, labels, regression):
+    def poisoned(logits, labels, regression, reduction="mean"):
         calls["n"] += 1
-        loss = real_loss(logits, labels, regression)
+        loss = real_loss(logits, labels, regression, reduction)
         return loss * float("nan") if calls["n"] == 8 else loss
 
     monkeypatch.setattr(train, "compute_loss", poisoned)
@@ -234,3 +235,55 @@ def test_minilm_learns_the_movie_task(tmp_path):
     )
     summary = train.run_train(cfg)
     assert summary["final_metrics"]["validation"]["accuracy"] > 0.7
+
+
+def test_dropped_last_batch_still_ends_the_epoch(tmp_path, tiny_models, tiny_task):
+    """95 examples, batch 8, grad_accum 2: the last batch (7 examples) is kept; 89: the last (1 example) cannot
+    fill 2 micro-batches and is dropped, and the epoch is counted the same way (the loop used to spin)."""
+    for n, steps in ((95, 12), (89, 11)):
+        cfg = _cfg(tmp_path / str(n), tiny_models, tiny_task, rank={"k": "all"},
+                   task={"max_train_examples": n}, train={"epochs": 2, "grad_accum": 2})
+        assert train.run_train(cfg)["steps"] == 2 * steps
+
+
+def test_resume_refuses_a_checkpoint_of_another_plan(tmp_path, tiny_models, tiny_task):
+    from actlora_cli.errors import ArtifactError
+
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": "all"}, train={"max_steps": 3, "save_every": 2})
+    train.run_train(cfg)
+    cfg.run_dir.joinpath("selection.json").unlink(missing_ok=True)
+    other = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": None}, train={"max_steps": 3})
+    _write_selection(other, [2, 3])
+    with pytest.raises(ArtifactError, match=r"plan \[0, 1, 2, 3\] -> \[2, 3\]"):
+        train.run_train(other, resume=True)
+
+
+def test_fresh_run_clears_old_checkpoints(tmp_path, tiny_models, tiny_task):
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": "all"}, train={"epochs": 1})
+    train.run_train(cfg)
+    stale = cfg.run_dir / "checkpoints" / "step-999"
+    stale.mkdir()
+    train.run_train(cfg)
+    assert not stale.exists()
+
+
+def test_stale_selection_is_refused(tmp_path, tiny_models, tiny_task):
+    from actlora_cli.errors import ArtifactError
+    from actlora_cli.probe import run_probe
+    from actlora_cli.rank import run_rank
+
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": 2}, train={"max_steps": 1})
+    run_probe(cfg)
+    run_rank(cfg)
+    run_probe(Config.model_validate({**cfg.to_dict(), "probe": {**cfg.probe.model_dump(), "seed": 7}}))
+    with pytest.raises(ArtifactError, match="re-run `actlora rank`"):
+        train.run_train(cfg)
+
+
+def test_fp32_training_on_a_bf16_model_is_refused(tmp_path, tiny_models, tiny_task):
+    from actlora_cli.errors import ConfigError
+
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, model={"dtype": "bfloat16"}, rank={"k": "all"},
+               train={"max_steps": 1, "precision": "fp32"})
+    with pytest.raises(ConfigError, match="train.precision"):
+        train.run_train(cfg)

@@ -49,8 +49,10 @@ class _Accumulator:
 
     def batch_means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-batch, per-layer mean token norm; tokens per batch), summed over DDP ranks first."""
-        sums = torch.stack(self.sums) if self.sums else torch.zeros(0, self.num_layers, dtype=torch.float64)
-        counts = torch.stack(self.counts) if self.counts else torch.zeros(0, dtype=torch.float64)
+        # on the device: NCCL reduces only CUDA tensors
+        empty = {"dtype": torch.float64, "device": self.device}
+        sums = torch.stack(self.sums) if self.sums else torch.zeros(0, self.num_layers, **empty)
+        counts = torch.stack(self.counts) if self.counts else torch.zeros(0, **empty)
         all_reduce_sum(sums)
         all_reduce_sum(counts)
         return sums / counts.clamp(min=1).unsqueeze(1), counts
@@ -104,7 +106,7 @@ def _activation_norms(
     device: torch.device,
 ) -> LayerStatistic:
     acc = _Accumulator(arch.num_layers, device)
-    examples = torch.zeros((), dtype=torch.float64)
+    examples = torch.zeros((), dtype=torch.float64, device=device)
     model.eval()
     start = time.perf_counter()
     with torch.inference_mode(), probe_hooks(model, arch, site, acc):
