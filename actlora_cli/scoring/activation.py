@@ -3,9 +3,8 @@ the activation at the probe site, averaged over the probe batches."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from ..distributed import all_reduce_sum
 from ..modeling import Architecture, Site
+from .hooks import reading_hooks
 
 
 @dataclass
@@ -58,28 +58,13 @@ class _Accumulator:
         return sums / counts.clamp(min=1).unsqueeze(1), counts
 
 
-@contextlib.contextmanager
-def probe_hooks(model: nn.Module, arch: Architecture, site: Site, acc: _Accumulator) -> Iterator[None]:
-    """Forward hooks on every layer's probe point; removed on exit, and checked to be gone."""
-    installed = []
+def probe_hooks(model: nn.Module, arch: Architecture, site: Site, acc: _Accumulator):
+    """Forward hooks on every layer's probe point feeding ``acc``; removed on exit, and checked to be gone."""
+    points = []
     for index in range(arch.num_layers):
         name, which = arch.probe_point(site, index)
-        module = model.get_submodule(name)
-        if which == "input":
-            handle = module.register_forward_pre_hook(lambda _m, args, i=index: acc.add(i, args[0]))
-            installed.append((module._forward_pre_hooks, handle))
-        else:
-            handle = module.register_forward_hook(
-                lambda _m, _args, out, i=index: acc.add(i, out[0] if isinstance(out, tuple) else out)
-            )
-            installed.append((module._forward_hooks, handle))
-    try:
-        yield
-    finally:
-        for _, handle in installed:
-            handle.remove()
-        leaked = [h.id for registry, h in installed if h.id in registry]
-        assert not leaked, f"probe hooks still registered after removal: {leaked}"
+        points.append((model.get_submodule(name), which, lambda hidden, i=index: acc.add(i, hidden)))
+    return reading_hooks(points, "probe")
 
 
 def activation_norms(

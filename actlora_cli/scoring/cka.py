@@ -21,9 +21,8 @@ entering layer l (for layer 0 the embedding output) and Y_l the one leaving it, 
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -32,6 +31,7 @@ from torch import nn
 from ..distributed import all_reduce_sum
 from ..modeling import Architecture
 from .activation import LayerStatistic
+from .hooks import reading_hooks
 
 Pooling = Literal["first", "last", "mean"]
 
@@ -120,36 +120,19 @@ def one_minus_cka(s: dict[str, torch.Tensor], eps: float) -> float | None:
     return 1.0 - float(torch.linalg.matrix_norm(cxy) ** 2) / denominator
 
 
-@contextlib.contextmanager
 def layer_io_hooks(
     model: nn.Module,
     arch: Architecture,
     on_input: Callable[[int, torch.Tensor], None],
     on_output: Callable[[int, torch.Tensor], None],
-) -> Iterator[None]:
-    """A pre-hook (the layer's input: first positional argument or ``hidden_states=``) and a hook (its output,
-    or the output tuple's first element) on every layer; removed on exit, and checked to be gone."""
-    installed = []
-
-    def read_input(index: int, args: tuple, kwargs: dict) -> None:
-        on_input(index, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
-
+):
+    """Every layer's input and output fed to the callbacks; removed on exit, and checked to be gone."""
+    points = []
     for index in range(arch.num_layers):
         layer = model.get_submodule(arch.layer_path(index))
-        pre = layer.register_forward_pre_hook(
-            lambda _m, args, kwargs, i=index: read_input(i, args, kwargs), with_kwargs=True
-        )
-        post = layer.register_forward_hook(
-            lambda _m, _args, out, i=index: on_output(i, out[0] if isinstance(out, tuple) else out)
-        )
-        installed += [(layer._forward_pre_hooks, pre), (layer._forward_hooks, post)]
-    try:
-        yield
-    finally:
-        for _, handle in installed:
-            handle.remove()
-        leaked = [h.id for registry, h in installed if h.id in registry]
-        assert not leaked, f"CKA hooks still registered after removal: {leaked}"
+        points.append((layer, "input", lambda t, i=index: on_input(i, t)))
+        points.append((layer, "output", lambda t, i=index: on_output(i, t)))
+    return reading_hooks(points, "CKA")
 
 
 def cka_scorer(
