@@ -67,6 +67,11 @@ def probe_hooks(model: nn.Module, arch: Architecture, site: Site, acc: _Accumula
     return reading_hooks(points, "probe")
 
 
+def activation_norm_scorer(model, arch, batches, cfg, device) -> LayerStatistic:
+    """The registry's entry: every scorer takes (model, arch, batches, cfg, device)."""
+    return activation_norms(model, arch, batches, cfg.probe.site, device)
+
+
 def activation_norms(
     model: nn.Module,
     arch: Architecture,
@@ -75,21 +80,6 @@ def activation_norms(
     device: torch.device,
 ) -> LayerStatistic:
     """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l."""
-    return _activation_norms(model, arch, batches, site, device)
-
-
-def activation_norm_scorer(model, arch, batches, cfg, device) -> LayerStatistic:
-    """The registry's entry: every scorer takes (model, arch, batches, cfg, device)."""
-    return _activation_norms(model, arch, batches, cfg.probe.site, device)
-
-
-def _activation_norms(
-    model: nn.Module,
-    arch: Architecture,
-    batches: Iterable[dict[str, torch.Tensor]],
-    site: Site,
-    device: torch.device,
-) -> LayerStatistic:
     acc = _Accumulator(arch.num_layers, device)
     examples = torch.zeros((), dtype=torch.float64, device=device)
     model.eval()
