@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 import sys
 import time
@@ -25,43 +24,7 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("good great fine superb lovely bad awful poor dull boring the a movie film plot actor scene was is very "
-         "not quite rather story music ending script cast").split()
-POSITIVE, NEGATIVE = set(WORDS[:5]), set(WORDS[5:10])
-
-
-def write_task(folder: Path, n_train: int, n_val: int) -> dict[str, str]:
-    rng = random.Random(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, n in (("train", n_train), ("validation", n_val)):
-        rows = ["text,label"]
-        for _ in range(n):
-            words = [rng.choice(WORDS) for _ in range(rng.randint(8, 60))]
-            rows.append(f"{' '.join(words)},{int(sum(w in POSITIVE for w in words) > sum(w in NEGATIVE for w in words))}")
-        (folder / f"{split}.csv").write_text("\n".join(rows) + "\n")
-        files[split] = str(folder / f"{split}.csv")
-    return files
-
-
-def tokenizer(decoder: bool):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    if decoder:
-        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 4)])
-        tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="[UNK]",
-                                      model_input_names=["input_ids", "attention_mask"])
-        tok.pad_token = tok.eos_token
-        return tok
-    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]")
-
+from actlora_cli.synthetic import save_model, write_task
 
 def model_configs(tiny: bool, llama_layers: int):
     """Published shapes of DeBERTa-v3-base and Llama-3.1-8B (or tiny ones of the same families)."""
@@ -92,17 +55,7 @@ def model_configs(tiny: bool, llama_layers: int):
 
 
 def build(folder: Path, config, decoder: bool) -> Path:
-    from transformers import AutoModelForSequenceClassification
-
-    if (folder / "config.json").is_file():
-        return folder
-    torch.manual_seed(0)
-    config.num_labels = 2
-    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.bfloat16 if decoder else torch.float32)
-    model.save_pretrained(folder)
-    tokenizer(decoder).save_pretrained(folder)
-    del model
-    return folder
+    return save_model(folder, config, decoder, dtype=torch.bfloat16 if decoder else torch.float32)
 
 
 def run_stages(name: str, folder: Path, files: dict, run_dir: Path, args, quantization: str) -> dict:
@@ -164,7 +117,7 @@ def main() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     work = Path(args.work)
-    files = write_task(work / "task", n_train=args.batch_size * args.steps, n_val=args.eval_examples)
+    files = write_task(work / "task", n_train=args.batch_size * args.steps, n_val=args.eval_examples, words=(8, 60))
     results = {"tests": None, "runs": []}
     if not args.skip_tests:
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], capture_output=True, text=True)
