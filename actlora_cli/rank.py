@@ -6,7 +6,7 @@ from typing import Any
 
 from . import artifacts
 from .config import Config
-from .errors import ConfigError, Problem
+from .errors import ArtifactError, ConfigError, Problem
 from .probe import write_resolved
 from .selection import Plan, select
 
@@ -34,6 +34,35 @@ def selection_payload(cfg: Config, scores_doc: dict[str, Any], plan: Plan, score
         "scores_hash": scores_hash,
         "provenance": artifacts.provenance(cfg.hash()),
     }
+
+
+def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[Plan, str]:
+    """Which layers get LoRA, and where that came from.
+
+    k='all' needs no scores. A --k/--tau given to ``train`` ranks on the fly from scores.json; otherwise the
+    run's selection.json (from ``actlora rank``) is used, or, when there is none, the config's rule applied
+    to scores.json.
+    """
+    if cfg.rank.k == "all":
+        layers = list(range(num_layers))
+        return Plan(layers, num_layers, None, "all", layers, [(i + 1) / num_layers for i in layers]), "all layers"
+    selection_path = cfg.run_dir / "selection.json"
+    if not rule_from_flags and selection_path.is_file():
+        doc = artifacts.read_artifact(selection_path, "selection", model_name=cfg.model.name)
+        scores_path = cfg.run_dir / "scores.json"
+        if scores_path.is_file() and doc.get("scores_hash") not in (None, artifacts.file_hash(scores_path)):
+            raise ArtifactError(Problem(
+                str(selection_path), "made from other scores than the run's scores.json (it was probed again)",
+                "re-run `actlora rank`, or pass --k/--tau to rank on the fly"))
+        plan = Plan(doc["layers"], doc["k"], doc["tau"], doc["rule"], doc["ranking"], doc["cumulative_importance"])
+        return plan, str(selection_path)
+    scores_path = cfg.run_dir / "scores.json"
+    if not scores_path.is_file() and cfg.rank.k is None and cfg.rank.tau is None:
+        raise ArtifactError(
+            Problem(str(selection_path), "no layer plan", "run `actlora probe` and `actlora rank`, or pass --k all")
+        )
+    scores = artifacts.read_artifact(scores_path, "scores", model_name=cfg.model.name)
+    return plan_from_scores(cfg, scores), f"{scores_path} (k={cfg.rank.k}, tau={cfg.rank.tau})"
 
 
 def run_rank(cfg: Config) -> dict[str, Any]:
