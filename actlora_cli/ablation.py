@@ -16,7 +16,7 @@ from typing import Any
 
 from . import artifacts, ui
 from .config import Config
-from .data import encode, eval_splits, load_examples, task_spec
+from .data import encoded_split, eval_splits, task_spec
 from .distributed import setup
 from .errors import ArtifactError, Problem
 from .evaluation import evaluate_metrics, load_trained
@@ -62,7 +62,7 @@ def run_ablation(cfg: Config, mode: str = "adapter") -> dict[str, Any]:
                     "ablation needs LoRA on all layers: actlora train --k all (into its own output_dir)")
         )
     split = eval_splits(cfg.task, spec)[0]
-    data = encode(loaded.tokenizer, load_examples(cfg.task, spec, split), cfg.task.max_length, spec.is_regression)
+    data = encoded_split(loaded.tokenizer, cfg.task, spec, split)
     metric = spec.metrics[0]
     batch = cfg.train.eval_batch_size
     full = evaluate_metrics(model, data, spec, batch, ctx)[metric]

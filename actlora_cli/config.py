@@ -71,6 +71,11 @@ class TaskSection(Section):
     label_field: str | None = Field(None, description="custom task: the label column.")
     num_labels: int | None = Field(None, ge=1, description="custom task: classes, or 1 for regression.")
     max_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
+    padding: Literal["dynamic", "max_length"] = Field(
+        "dynamic",
+        description="dynamic: pad each batch to its longest example; max_length: pad every example to "
+        "task.max_length (the paper's protocol, for comparison).",
+    )
     train_split: str = Field("train", description="Split used for probing and training.")
     eval_split: str | None = Field(None, description="Split evaluated; default: the task's validation split(s).")
     max_train_examples: int | None = Field(None, ge=1, description="Use only the first N training examples.")

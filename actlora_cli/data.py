@@ -278,6 +278,7 @@ class Encoded:
     token_type_ids: list[list[int]] | None
     labels: torch.Tensor
     pad_id: int
+    pad_to: int | None = None  # pad every batch to this length (the paper's protocol); None: dynamic
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -287,17 +288,23 @@ class Encoded:
         return [len(ids) for ids in self.input_ids]
 
 
-def encode(tokenizer, examples: Examples, max_length: int, regression: bool) -> Encoded:
-    """Tokenise every example once (truncated to ``max_length``, not padded)."""
+def encode(tokenizer, examples: Examples, max_length: int, regression: bool, pad_to_max: bool = False) -> Encoded:
+    """Tokenise every example once (truncated to ``max_length``; padded later, per batch)."""
     enc = tokenizer(*examples.texts, truncation=True, max_length=max_length, padding=False)
     types = enc.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
     labels = torch.tensor(examples.labels, dtype=torch.float32 if regression else torch.long)
-    return Encoded(enc["input_ids"], types, labels, tokenizer.pad_token_id)
+    return Encoded(enc["input_ids"], types, labels, tokenizer.pad_token_id, max_length if pad_to_max else None)
+
+
+def encoded_split(tokenizer, cfg: TaskSection, spec: TaskSpec, split: str) -> Encoded:
+    """A split of the configured task, read and tokenised with the task's settings (limits, length, padding)."""
+    examples = load_examples(cfg, spec, split)
+    return encode(tokenizer, examples, cfg.max_length, spec.is_regression, cfg.padding == "max_length")
 
 
 def collate(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example (dynamic padding), right-padded."""
-    longest = max(len(data.input_ids[i]) for i in indices)
+    """Pad a batch to its longest example (dynamic padding), or to ``data.pad_to``; right-padded."""
+    longest = data.pad_to or max(len(data.input_ids[i]) for i in indices)
     ids = torch.full((len(indices), longest), data.pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), longest), dtype=torch.long)
     types = torch.zeros((len(indices), longest), dtype=torch.long) if data.token_type_ids is not None else None

@@ -15,7 +15,7 @@ import torch
 
 from . import artifacts, metrics, ui
 from .config import Config
-from .data import Encoded, TaskSpec, batch_indices, collate, encode, eval_splits, load_examples, shard, task_spec
+from .data import Encoded, TaskSpec, batch_indices, collate, encoded_split, eval_splits, shard, task_spec
 from .distributed import Dist, setup
 from .errors import ArtifactError, Problem
 from .probe import load_for, write_resolved
@@ -113,10 +113,7 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
     spec = task_spec(cfg.task)
     loaded, model = load_trained(cfg, spec.num_labels, ctx)
     splits = eval_splits(cfg.task, spec)
-    data = {
-        s: encode(loaded.tokenizer, load_examples(cfg.task, spec, s), cfg.task.max_length, spec.is_regression)
-        for s in splits
-    }
+    data = {s: encoded_split(loaded.tokenizer, cfg.task, spec, s) for s in splits}
     results = {s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx) for s, d in data.items()}
     first = data[splits[0]]
     timing = {}

@@ -11,7 +11,7 @@ import torch
 
 from . import artifacts, ui
 from .config import Config, dump_yaml
-from .data import Encoded, batch_indices, collate, encode, load_examples, shard, task_spec
+from .data import Encoded, batch_indices, collate, encoded_split, shard, task_spec
 from .distributed import setup
 from .modeling import Architecture, load_model, load_tokenizer, locate, pick_device
 from .scoring import SCORERS
@@ -64,8 +64,7 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     ctx = setup()
     spec = task_spec(cfg.task)
     loaded = loaded or load_for(cfg, spec.num_labels, ctx.device)
-    examples = load_examples(cfg.task, spec, cfg.task.train_split)
-    data = encode(loaded.tokenizer, examples, cfg.task.max_length, spec.is_regression)
+    data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
     p = cfg.probe
     scorer = SCORERS[p.scorer]
     with ui.progress(f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), p.steps) as advance:

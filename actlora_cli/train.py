@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import artifacts, ui
 from .adapters import adapted_layers, apply_lora, count_parameters
 from .config import Config
-from .data import batch_indices, collate, encode, eval_splits, load_examples, shard, task_spec, to_device
+from .data import batch_indices, collate, encoded_split, eval_splits, shard, task_spec, to_device
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import evaluate_metrics
@@ -190,12 +190,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=False
         )
 
-    train_data = encode(loaded.tokenizer, load_examples(cfg.task, spec, cfg.task.train_split), cfg.task.max_length,
-                        spec.is_regression)
-    eval_data = {
-        split: encode(loaded.tokenizer, load_examples(cfg.task, spec, split), cfg.task.max_length, spec.is_regression)
-        for split in eval_splits(cfg.task, spec)
-    }
+    train_data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
+    eval_data = {split: encoded_split(loaded.tokenizer, cfg.task, spec, split) for split in eval_splits(cfg.task, spec)}
 
     amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
     base_dtype = next(p.dtype for p in loaded.model.parameters() if not p.requires_grad and p.is_floating_point())

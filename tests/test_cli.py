@@ -136,3 +136,20 @@ def test_offline_default_real_minilm(tmp_path):
     assert scores["examples_seen"] == 8 * 32
     # MiniLM's post-attention norms are far from flat: the profile has a real spread
     assert max(scores["raw"]) / min(scores["raw"]) > 1.2
+
+
+def test_padding_to_max_length_changes_shapes_not_scores(tmp_path, bert_cfg):
+    """The paper's protocol (every example padded to max_length) against dynamic padding: the probe excludes
+    pad tokens, so the scores agree while the batches are 32 tokens long."""
+    from actlora_cli.config import load_config
+    from actlora_cli.data import collate, encoded_split, task_spec
+    from actlora_cli.modeling import load_tokenizer
+
+    assert _invoke("probe", "-c", bert_cfg, "-o", str(tmp_path / "dyn"))[0].exit_code == 0
+    assert _invoke("probe", "-c", bert_cfg, "-o", str(tmp_path / "pad"), "--set", "task.padding=max_length")[0].exit_code == 0
+    dyn = json.loads((tmp_path / "dyn" / "scores.json").read_text())
+    pad = json.loads((tmp_path / "pad" / "scores.json").read_text())
+    assert pad["raw"] == pytest.approx(dyn["raw"], rel=1e-4) and pad["tokens_seen"] == dyn["tokens_seen"]
+    cfg = load_config(bert_cfg, ["task.padding=max_length"])
+    data = encoded_split(load_tokenizer(cfg.model), cfg.task, task_spec(cfg.task), "train")
+    assert collate(data, [0, 1, 2])["input_ids"].shape == (3, 32)
