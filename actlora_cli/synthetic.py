@@ -7,10 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-WORDS = (
-    "good great fine superb lovely bad awful poor dull boring the a movie film plot actor scene was is very "
-    "not quite rather story music ending script cast"
-).split()
+WORDS = ["good", "great", "fine", "superb", "lovely", "bad", "awful", "poor", "dull", "boring", "the", "a", "movie", "film", "plot", "actor", "scene", "was", "is", "very", "not", "quite", "rather", "story", "music", "ending", "script", "cast"]
 POSITIVE, NEGATIVE = set(WORDS[:5]), set(WORDS[5:10])
 
 

@@ -18,7 +18,6 @@ import torch
 from actlora_cli.config import load_config
 from actlora_cli.train import run_train
 
-
 VARIANTS = {"max_length": ("max_length", False), "dynamic": ("dynamic", False), "grouped": ("dynamic", True)}
 
 

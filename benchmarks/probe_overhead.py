@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -155,7 +156,7 @@ def stamped(batches: Batches, device: torch.device, stamps: list[float]) -> Iter
 
 def per_batch(stamps: list[float], end: float) -> list[float]:
     edges = [*stamps, end]
-    return [b - a for a, b in zip(edges, edges[1:])]
+    return [b - a for a, b in itertools.pairwise(edges)]
 
 
 def plain_forward(loaded: Loaded, batches: Batches) -> tuple[float, list[float]]:
@@ -277,9 +278,11 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# Probe overhead on {doc['machine_label']}",
         "",
-        f"Probe scoring loop vs plain inference forward, same {s['steps']} batches of {s['batch_size']} "
-        f"({doc['tokens_per_run']} non-pad tokens, {doc['padded_tokens_per_run']} padded), "
-        f"{s['reps']} interleaved (ABBA) reps after a warm-up. Target: probe / plain <= {TARGET}.",
+        (
+            f"Probe scoring loop vs plain inference forward, same {s['steps']} batches of {s['batch_size']} "
+            f"({doc['tokens_per_run']} non-pad tokens, {doc['padded_tokens_per_run']} padded), "
+            f"{s['reps']} interleaved (ABBA) reps after a warm-up. Target: probe / plain <= {TARGET}."
+        ),
         "",
         f"- model `{s['model']}`, task `{s['task']}`, seed {s['seed']}, device `{m['device']}`",
         f"- CPU: {m['cpu']}, {m['cpu_count']} logical cores, torch threads {m['torch_threads']}",
@@ -309,14 +312,20 @@ def markdown(doc: dict[str, Any]) -> str:
         "- meets target: ratio of medians <= the target; noisy: see plain spread and others' CPU.",
         "- probe: `LayerStatistic.forward_seconds` of `activation_norms`, the stage's own timing.",
         "- paired ratio: probe / plain within one rep (the two runs are adjacent).",
-        "- batch floors: per batch, the fastest of the reps, summed over the batches; noise only adds "
-        "time, so this is the least disturbed estimate of each loop.",
-        "- reductions alone: the hooks' reductions (`_Accumulator.add`) timed on captured activations, "
-        "fastest of the isolation runs; expected ratio = 1 + reductions / plain batch floor.",
-        "- plain spread: slowest / fastest plain run; others' CPU: share of the machine's CPU time that "
-        "other processes (or the hypervisor's steal) took while the site was timed, from /proc. Above "
-        f"{NOISY_SPREAD} or {NOISY_OTHERS:.0%} (marked noisy) the whole-run ratios are unreliable: rerun on "
-        "a quiet machine or raise --reps.",
+        (
+            "- batch floors: per batch, the fastest of the reps, summed over the batches; noise only adds "
+            "time, so this is the least disturbed estimate of each loop."
+        ),
+        (
+            "- reductions alone: the hooks' reductions (`_Accumulator.add`) timed on captured activations, "
+            "fastest of the isolation runs; expected ratio = 1 + reductions / plain batch floor."
+        ),
+        (
+            "- plain spread: slowest / fastest plain run; others' CPU: share of the machine's CPU time that "
+            "other processes (or the hypervisor's steal) took while the site was timed, from /proc. Above "
+            f"{NOISY_SPREAD} or {NOISY_OTHERS:.0%} (marked noisy) the whole-run ratios are unreliable: rerun on "
+            "a quiet machine or raise --reps."
+        ),
         "- per-run and per-batch times are in the JSON file.",
         "",
     ]

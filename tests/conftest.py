@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-
 # Before anything imports huggingface_hub (it reads these once, at import): tests never reach the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from actlora_cli.synthetic import WORDS, save_model, tokenizer, write_task  # noqa: E402, F401 (WORDS: used by tests)
+from actlora_cli.synthetic import WORDS, save_model, tokenizer, write_task  # noqa: F401 (WORDS: used by tests)
 
 FAMILIES = ("bert", "roberta", "deberta-v2", "llama", "mistral", "qwen2")
 NUM_LAYERS = 4
@@ -24,8 +23,9 @@ NUM_LAYERS = 4
 def _config(family: str, vocab_size: int, hidden: int = 32):
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
-                  intermediate_size=2 * hidden, max_position_embeddings=96, pad_token_id=0)
+    common = {"vocab_size": vocab_size, "hidden_size": hidden, "num_hidden_layers": NUM_LAYERS,
+              "num_attention_heads": 4, "intermediate_size": 2 * hidden, "max_position_embeddings": 96,
+              "pad_token_id": 0}
     if family == "bert":
         return tf.BertConfig(**common)
     if family == "roberta":

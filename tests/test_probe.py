@@ -42,13 +42,13 @@ def _independent(model, arch, batches, site):
         if site == "post_attn":
             for i, name in enumerate(arch.projections["o"]):
                 handles.append(
-                    model.get_submodule(name).register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o))
+                    model.get_submodule(name).register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o))  # noqa: B023 (removed below)
                 )
         elif site == "block_out" and arch.is_decoder:
             # decoders' hidden_states[-1] has the final norm applied: read the last block's own output
             handles.append(
                 model.get_submodule(arch.layer_path(last)).register_forward_hook(
-                    lambda m, a, o: captured.__setitem__(last, o[0] if isinstance(o, tuple) else o)
+                    lambda m, a, o: captured.__setitem__(last, o[0] if isinstance(o, tuple) else o)  # noqa: B023
                 )
             )
         with torch.no_grad():

@@ -146,7 +146,7 @@ def _reference_cka(model, arch, batches, how):
     for batch in batches:
         captured = {}
         handle = model.get_submodule(arch.layer_path(last)).register_forward_hook(
-            lambda m, a, o: captured.__setitem__("out", o[0] if isinstance(o, tuple) else o)
+            lambda m, a, o: captured.__setitem__("out", o[0] if isinstance(o, tuple) else o)  # noqa: B023
         )
         with torch.no_grad():
             states = model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True).hidden_states

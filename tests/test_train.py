@@ -133,7 +133,7 @@ def test_log_and_summary(tmp_path, tiny_models, tiny_task):
 
 
 def test_nan_stops_with_checkpoint_then_resume_matches_uninterrupted(tmp_path, tiny_models, tiny_task, monkeypatch):
-    sections = dict(rank={"k": "all"}, train={"epochs": 2, "save_every": 5})
+    sections = {"rank": {"k": "all"}, "train": {"epochs": 2, "save_every": 5}}
     full = _cfg(tmp_path / "a", tiny_models, tiny_task, **sections)
     train.run_train(full)
 
