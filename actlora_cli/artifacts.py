@@ -70,6 +70,13 @@ def provenance(config_hash: str) -> dict[str, Any]:
     }
 
 
+def write_resolved(cfg) -> None:
+    """``<run>/config.resolved.yaml``: the config after defaults, file, overrides and flags."""
+    from .config import dump_yaml
+
+    atomic_write_text(cfg.run_dir / "config.resolved.yaml", dump_yaml(cfg))
+
+
 def write_artifact(path: Path, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Write ``payload`` as artefact ``kind`` at ``path``; returns the document written."""
     doc = {"kind": kind, "schema_version": SCHEMA_VERSION, **payload}

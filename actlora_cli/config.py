@@ -223,7 +223,7 @@ class Config(Section):
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
+    return name.startswith((".", "/", "~")) or (os.sep in name and Path(name).expanduser().exists())
 
 
 # ---------------------------------------------------------------------------------------------------------

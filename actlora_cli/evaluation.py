@@ -19,7 +19,7 @@ from .config import Config
 from .data import Encoded, TaskSpec, batch_indices, collate, encoded_split, eval_splits, shard, task_spec
 from .distributed import Dist, setup
 from .errors import ArtifactError, Problem
-from .probe import load_for, write_resolved
+from .modeling import load_for
 
 
 def _gather(array: np.ndarray, ctx: Dist) -> list[np.ndarray]:
@@ -38,7 +38,7 @@ def predict(
 ) -> np.ndarray:
     """Logits for every example in order; under DDP each rank scores its shard and the shards are gathered."""
     model.eval()
-    order = [i for batch in batch_indices(len(data), batch_size, shuffle=False) for i in batch]
+    order = list(range(len(data)))
     mine = shard(order, ctx.rank, ctx.world)
     outputs = []
     for start in range(0, len(mine), batch_size):
@@ -100,7 +100,7 @@ def load_trained(cfg: Config, num_labels: int, ctx: Dist):
     adapter = cfg.run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise ArtifactError(Problem(str(adapter), "no adapter", "run `actlora train` with this config first"))
-    loaded = load_for(cfg, num_labels, ctx.device)
+    loaded = load_for(cfg.model, num_labels, ctx.device)
     summary_path = cfg.run_dir / "train_summary.json"
     if summary_path.is_file():
         artifacts.read_artifact(summary_path, "train_summary", model_name=cfg.model.name)
@@ -151,5 +151,5 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
     }
     if ctx.is_main:
         doc = artifacts.write_artifact(cfg.run_dir / "eval.json", "eval", doc)
-        write_resolved(cfg)
+        artifacts.write_resolved(cfg)
     return doc

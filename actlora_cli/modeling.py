@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -290,10 +291,20 @@ def target_suffixes(arch: Architecture, targets: list[str]) -> list[str]:
     return out
 
 
-def pick_device(prefer: str | None = None) -> torch.device:
-    """CUDA (this process's local rank) when available, else CPU."""
-    if prefer:
-        return torch.device(prefer)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+@dataclass
+class Loaded:
+    """A model ready for a stage: the module, its tokenizer and located architecture, and its device."""
+
+    model: nn.Module
+    tokenizer: Any
+    arch: Architecture
+    device: torch.device
+    seconds: float
+
+
+def load_for(cfg: ModelSection, num_labels: int, device: torch.device) -> Loaded:
+    """Tokenizer, model (on ``device``, the one distributed.setup chose) and its located architecture."""
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, num_labels, device, pad_token_id=tokenizer.pad_token_id)
+    return Loaded(model, tokenizer, locate(model), device, time.perf_counter() - start)

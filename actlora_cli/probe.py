@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from . import artifacts, ui
-from .config import Config, dump_yaml
+from .config import Config
 from .data import Encoded, batch_indices, collate, encoded_split, shard, task_spec
 from .distributed import setup
-from .modeling import Architecture, load_model, load_tokenizer, locate, pick_device
+from .modeling import Loaded, load_for
 from .scoring import SCORERS
 from .selection import min_max
-
-
-@dataclass
-class Loaded:
-    """A model ready for a stage: the module, its tokenizer and located architecture, and its device."""
-
-    model: torch.nn.Module
-    tokenizer: Any
-    arch: Architecture
-    device: torch.device
-    seconds: float
-
-
-def load_for(cfg: Config, num_labels: int, device: torch.device | None = None) -> Loaded:
-    start = time.perf_counter()
-    device = device or pick_device()
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, num_labels, device, pad_token_id=tokenizer.pad_token_id)
-    return Loaded(model, tokenizer, locate(model), device, time.perf_counter() - start)
 
 
 def probe_batches(data: Encoded, steps: int, batch_size: int, seed: int, world: int = 1) -> Iterator[list[int]]:
@@ -50,10 +28,6 @@ def probe_batches(data: Encoded, steps: int, batch_size: int, seed: int, world: 
         epoch += 1
 
 
-def write_resolved(cfg: Config) -> None:
-    artifacts.atomic_write_text(cfg.run_dir / "config.resolved.yaml", dump_yaml(cfg))
-
-
 def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     """Score every layer with the configured scorer and write ``scores.json``; returns the document.
 
@@ -63,7 +37,7 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     ctx = setup()
     spec = task_spec(cfg.task)
-    loaded = loaded or load_for(cfg, spec.num_labels, ctx.device)
+    loaded = loaded or load_for(cfg.model, spec.num_labels, ctx.device)
     data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
     p = cfg.probe
     scorer = SCORERS[p.scorer]
@@ -105,5 +79,5 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     }
     if ctx.is_main:
         doc = artifacts.write_artifact(cfg.run_dir / "scores.json", "scores", doc)
-        write_resolved(cfg)
+        artifacts.write_resolved(cfg)
     return doc

@@ -7,7 +7,6 @@ from typing import Any
 from . import artifacts
 from .config import Config
 from .errors import ArtifactError, ConfigError, Problem
-from .probe import write_resolved
 from .selection import Plan, select
 
 
@@ -44,19 +43,17 @@ def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[P
     to scores.json.
     """
     if cfg.rank.k == "all":
-        layers = list(range(num_layers))
-        return Plan(layers, num_layers, None, "all", layers, [(i + 1) / num_layers for i in layers]), "all layers"
+        return select([1.0] * num_layers, k="all"), "all layers"
     selection_path = cfg.run_dir / "selection.json"
+    scores_path = cfg.run_dir / "scores.json"
     if not rule_from_flags and selection_path.is_file():
         doc = artifacts.read_artifact(selection_path, "selection", model_name=cfg.model.name)
-        scores_path = cfg.run_dir / "scores.json"
         if scores_path.is_file() and doc.get("scores_hash") not in (None, artifacts.file_hash(scores_path)):
             raise ArtifactError(Problem(
                 str(selection_path), "made from other scores than the run's scores.json (it was probed again)",
                 "re-run `actlora rank`, or pass --k/--tau to rank on the fly"))
         plan = Plan(doc["layers"], doc["k"], doc["tau"], doc["rule"], doc["ranking"], doc["cumulative_importance"])
         return plan, str(selection_path)
-    scores_path = cfg.run_dir / "scores.json"
     if not scores_path.is_file() and cfg.rank.k is None and cfg.rank.tau is None:
         raise ArtifactError(
             Problem(str(selection_path), "no layer plan", "run `actlora probe` and `actlora rank`, or pass --k all")
@@ -73,5 +70,5 @@ def run_rank(cfg: Config) -> dict[str, Any]:
     doc = artifacts.write_artifact(
         cfg.run_dir / "selection.json", "selection", selection_payload(cfg, scores_doc, plan, artifacts.file_hash(path))
     )
-    write_resolved(cfg)
+    artifacts.write_resolved(cfg)
     return doc

@@ -59,7 +59,7 @@ def study_stability(cfg: Config, scorers: list[str], seeds: list[int], ks: list[
         plots.plot_seed_scores(by_seed, out / f"stability_{scorer}.png", title=f"{scorer}: scores over {len(seeds)} seeds")
         parts.append(f"### {scorer}\n\n" + stability.markdown(result, label=scorer))
     md = "\n".join(parts)
-    payload = {"study": "stability", "seeds": seeds, "ks": ks, "results": results, **_context(cfg)}
+    payload = {"seeds": seeds, "ks": ks, "results": results, **_context(cfg)}
     report.write_study(out, "stability", payload, md)
     return payload
 
@@ -73,7 +73,7 @@ def study_tasks(cfg: Config, tasks: list[str], out: Path) -> dict[str, Any]:
     result = agreement.task_agreement(by_task)
     plots.plot_heatmap(by_task, out / "tasks_scores.png", f"{cfg.probe.scorer} scores by task")
     md = agreement.markdown(result)
-    payload = {"study": "tasks", "tasks": tasks, "scores_by_task": by_task, "results": result, **_context(cfg)}
+    payload = {"tasks": tasks, "scores_by_task": by_task, "results": result, **_context(cfg)}
     report.write_study(out, "tasks", payload, md)
     return payload
 
@@ -94,7 +94,7 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
     plots.plot_heatmap({**by_scorer, "ablation (q+v)": ablation["importance"]["both"]}, out / "correlation_heatmap.png",
                        "layer importance by scorer (min-max) and by ablation")
     md = "\n".join(sections)
-    payload = {"study": "correlation", "scores": by_scorer, "ablation": ablation["importance"],
+    payload = {"scores": by_scorer, "ablation": ablation["importance"],
                "ablation_drop": ablation["drop"], "results": results, **_context(cfg)}
     report.write_study(out, "correlation", payload, md)
     return payload
@@ -108,7 +108,7 @@ def study_thresholds(cfg: Config, out: Path, taus: list[float]) -> dict[str, Any
     plots.plot_layer_scores(scores["scores"], select(scores["scores"], k=k).layers, out / "layer_scores.png",
                             f"{scores['scorer']} at {scores['site']}: top-{k} marked")
     md = thresholds.markdown(table)
-    payload = {"study": "thresholds", "scores": scores["scores"], "table": table, **_context(cfg)}
+    payload = {"scores": scores["scores"], "table": table, **_context(cfg)}
     report.write_study(out, "thresholds", payload, md)
     return payload
 

@@ -27,7 +27,7 @@ from .data import batch_indices, collate, encoded_split, eval_splits, shard, tas
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import evaluate_metrics
-from .probe import load_for, write_resolved
+from .modeling import load_for
 from .rank import resolve_plan
 
 
@@ -177,7 +177,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     spec = task_spec(cfg.task)
     seed_everything(t.seed)
 
-    loaded = load_for(cfg, spec.num_labels, ctx.device)
+    loaded = load_for(cfg.model, spec.num_labels, ctx.device)
     plan, plan_source = resolve_plan(cfg, loaded.arch.num_layers, rule_from_flags)
     ranks_agreeing = same_on_all_ranks(plan.layers, "the layer plan")
     model = apply_lora(loaded.model, loaded.arch, cfg.lora, plan.layers)
@@ -256,7 +256,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     barrier()
     if ctx.is_main:
-        write_resolved(cfg)
+        artifacts.write_resolved(cfg)
         ui.note(
             f"LoRA r={cfg.lora.r} on {', '.join(cfg.lora.targets)} of layers {plan.layers} "
             f"(from {plan_source}); trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
@@ -275,7 +275,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
             epoch = step // steps_per_epoch
             batches = batch_indices(
                 len(train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
-                lengths=train_data.lengths if t.group_by_length else None, min_size=ctx.world * t.grad_accum,
+                lengths=train_data.lengths if t.group_by_length else None, min_size=min_batch,
             )
             for global_batch in batches[step - epoch * steps_per_epoch :]:
                 # grad_accum micro-batches of near-equal size, each with at least one example per rank;

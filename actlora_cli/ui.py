@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -31,7 +31,7 @@ def note(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress(description: str, total: int) -> Iterator[callable]:
+def progress(description: str, total: int) -> Iterator[Callable[..., None]]:
     """A progress bar on stderr; yields ``advance(n=1, **fields)``. Silent on non-main ranks."""
     if quiet():
         yield lambda *a, **k: None

@@ -41,7 +41,9 @@ import actlora_cli.scoring.activation
 from actlora_cli.artifacts import file_hash
 from actlora_cli.config import load_config
 from actlora_cli.data import collate, encode, load_examples, task_spec
-from actlora_cli.probe import Loaded, load_for, probe_batches
+from actlora_cli.distributed import setup
+from actlora_cli.modeling import Loaded, load_for
+from actlora_cli.probe import probe_batches
 from actlora_cli.scoring.activation import _Accumulator, activation_norms, probe_hooks
 
 SITES = ("post_attn", "pre_attn", "block_out")
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     )
     spec = task_spec(cfg.task)
-    loaded = load_for(cfg, spec.num_labels)
+    loaded = load_for(cfg.model, spec.num_labels, setup().device)
     examples = load_examples(cfg.task, spec, cfg.task.train_split)
     data = encode(loaded.tokenizer, examples, cfg.task.max_length, spec.is_regression)
     p = cfg.probe

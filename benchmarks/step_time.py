@@ -26,7 +26,8 @@ import torch
 from actlora_cli.adapters import apply_lora, count_parameters
 from actlora_cli.config import load_config
 from actlora_cli.data import batch_indices, collate, encode, load_examples, task_spec
-from actlora_cli.probe import load_for
+from actlora_cli.distributed import setup
+from actlora_cli.modeling import load_for
 from actlora_cli.train import compute_loss
 
 
@@ -126,7 +127,7 @@ def main() -> None:
 
     cfg = load_config(args.config)
     spec = task_spec(cfg.task)
-    loaded = load_for(cfg, spec.num_labels)
+    loaded = load_for(cfg.model, spec.num_labels, setup().device)
     device, arch = loaded.device, loaded.arch
     data = encode(loaded.tokenizer, load_examples(cfg.task, spec, "train"), cfg.task.max_length, False)
     batches = [

@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from actlora_cli.cli import app
+from actlora_cli.selection import k_for_tau
 from tests.conftest import NUM_LAYERS, tiny_config
 
 runner = CliRunner()
@@ -42,7 +43,7 @@ def test_stability_over_seeds(setup):
     _run("study", "stability", "-c", cfg, "--scorers", "activation_norm,grad_norm", "--seeds", 3, "--ks", "1,2",
          "--out", out)
     doc = _study(out, "stability")
-    payload = doc.get("result", doc)
+    payload = doc["result"]
     for scorer in ("activation_norm", "grad_norm"):
         res = payload["results"][scorer]
         assert len(res["scores_by_seed"]) == 3 and len(res["scores_by_seed"][0]) == NUM_LAYERS
@@ -57,11 +58,13 @@ def test_thresholds_and_plots(setup):
     _run("probe", "-c", cfg)
     text = _run("study", "thresholds", "-c", cfg, "--out", out)
     doc = _study(out, "thresholds")
-    table = doc.get("result", doc)["table"]
+    table = doc["result"]["table"]
+    scores = json.loads((root / "run" / "scores.json").read_text())["scores"]
     assert [row["tau"] for row in table] == [0.25, 0.5, 0.75, 1.0]
-    assert [row["k"] for row in table] == sorted(row["k"] for row in table)
+    assert [row["k"] for row in table] == [k_for_tau(scores, tau) for tau in (0.25, 0.5, 0.75, 1.0)]
+    assert table[-1]["k"] == NUM_LAYERS - 1  # the min-max lowest layer scores 0 and adds nothing
     assert (out / "thresholds_curve.png").is_file() and (out / "layer_scores.png").is_file()
-    assert "25%" in text or "0.25" in text
+    assert "| 25% |" in text
 
 
 def test_correlation_with_ablation(setup):
@@ -72,9 +75,17 @@ def test_correlation_with_ablation(setup):
     _run("study", "correlation", "-c", cfg, "--scorers", "activation_norm,cka,grad_norm,fisher,taylor,weight_delta",
          "--out", out)
     doc = _study(out, "correlation")
-    results = doc.get("result", doc)["results"]
+    results = doc["result"]["results"]
     assert set(results) == {"q", "v", "both"}
     assert set(results["both"]) == {"activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta"}
+    from scipy.stats import pearsonr, spearmanr
+
+    ablation = json.loads((root / "run" / "ablation.json").read_text())["importance"]["both"]
+    for scorer, scores in doc["result"]["scores"].items():
+        values = results["both"][scorer]
+        if values["spearman"] is not None:  # None only for a constant vector, with its reason
+            assert values["spearman"] == pytest.approx(spearmanr(scores, ablation)[0], abs=1e-9)
+            assert values["pearson"] == pytest.approx(pearsonr(scores, ablation)[0], abs=1e-9)
     assert (out / "correlation_heatmap.png").is_file()
 
 
@@ -85,6 +96,6 @@ def test_task_agreement_on_packaged_domains(setup):
     _run("study", "tasks", "-c", cfg, "--tasks", "movies,tweets,nyt", "--out", out,
          "--set", "task.max_train_examples=64")
     doc = _study(out, "tasks")
-    matrix = doc.get("result", doc)["results"]["spearman"]
+    matrix = doc["result"]["results"]["spearman"]
     assert set(matrix) == {"movies", "tweets", "nyt"}
     assert matrix["movies"]["movies"] == pytest.approx(1.0)
