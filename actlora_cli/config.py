@@ -161,7 +161,49 @@ class RankSection(Section):
         return self
 
 
+class AdaLoraOptions(Section):
+    init_r: int = Field(12, ge=1, description="Starting rank of every adapted matrix.")
+    target_r: int = Field(8, ge=1, description="Average rank the budget is pruned down to.")
+    tinit: float = Field(0.1, ge=0, lt=1, description="Share of the run's steps before pruning starts.")
+    tfinal: float = Field(0.3, ge=0, lt=1, description="Share of the run's steps at the end with the budget fixed.")
+    delta_t: float = Field(0.01, gt=0, lt=1, description="Share of the run's steps between two reallocations.")
+    beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the sensitivity.")
+    beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of the uncertainty.")
+    orth_reg_weight: float = Field(0.5, gt=0, description="Weight of the orthogonality regulariser on P and Q.")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> AdaLoraOptions:
+        if self.tinit + self.tfinal >= 1:
+            raise ValueError(f"lora.adalora.tinit + tfinal must be below 1 (got {self.tinit} + {self.tfinal})")
+        if self.target_r > self.init_r:
+            raise ValueError(f"lora.adalora.target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
+        return self
+
+
+class VeraOptions(Section):
+    r: int = Field(256, ge=1, description="Rank of the shared frozen random projections.")
+    d_initial: float = Field(0.1, gt=0, description="Initial value of the trainable scaling vector d.")
+
+
+class IA3Options(Section):
+    targets: list[str] | None = Field(
+        None, description="Modules to rescale (logical names or suffixes); null: peft's default for the model type "
+        "(keys, values and the feed-forward output).")
+    feedforward: list[str] | None = Field(
+        None, description="Which of the targets are feed-forward (scaled on their input); null: peft's default.")
+
+
+METHODS = ("lora", "adalora", "ia3", "vera", "lokr", "loha", "full")
+
+
 class LoraSection(Section):
+    method: Literal["lora", "adalora", "ia3", "vera", "lokr", "loha", "full"] = Field(
+        "lora",
+        description="lora; adalora (rank budget pruned during training); ia3 (learned rescaling vectors); vera "
+        "(shared random projections, trained scaling vectors); lokr / loha (Kronecker / Hadamard products); full "
+        "(every weight of the planned layers trained, plus embeddings when the plan is every layer). All except "
+        "full go through peft and respect the layer plan.",
+    )
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16, gt=0, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -170,6 +212,9 @@ class LoraSection(Section):
         min_length=1,
         description="Projections per selected layer: q, k, v, o (attention output), or a module name suffix.",
     )
+    adalora: AdaLoraOptions = Field(default_factory=AdaLoraOptions)
+    vera: VeraOptions = Field(default_factory=VeraOptions)
+    ia3: IA3Options = Field(default_factory=IA3Options)
 
 
 class TrainSection(Section):
@@ -189,6 +234,15 @@ class TrainSection(Section):
         "auto", description="auto: bf16 autocast on CUDA with bf16, fp16 + grad scaler on other CUDA, fp32 on CPU."
     )
     group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
+    frozen_dropout: bool = Field(
+        True, description="Dropout in the frozen prefix (embeddings and the layers below the lowest adapted layer); "
+        "prefix_cache turns it off and records that.")
+    prefix_cache: Literal["off", "memory", "disk"] = Field(
+        "off", description="Compute the frozen prefix's output once per example (first epoch) and reuse it: memory, "
+        "or disk (a memory-mapped file in the run folder, for large tasks).")
+    prefix_cache_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Stored dtype of the prefix cache; auto: bf16 (fp16 on CUDA without bf16) when the run "
+        "uses autocast, else fp32.")
     seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
 
     @model_validator(mode="after")
@@ -388,12 +442,20 @@ def dump_yaml(cfg: Config) -> str:
 def describe_schema() -> list[tuple[str, str, str]]:
     """(key, default, description) for every setting: the README's config reference is generated from this."""
     rows = []
+
+    def walk(section: type[BaseModel], prefix: list[str]) -> None:
+        for name, sub in section.model_fields.items():
+            nested = _section_at([*prefix, name])
+            if nested is not None:
+                walk(nested, [*prefix, name])
+                continue
+            default = sub.default if sub.default_factory is None else sub.default_factory()
+            rows.append((".".join([*prefix, name]), json.dumps(default), sub.description or ""))
+
     for section_name, field in Config.model_fields.items():
         section = _section_at([section_name])
         if section is None:
             rows.append((section_name, repr(field.default), field.description or ""))
             continue
-        for name, sub in section.model_fields.items():
-            default = sub.default if sub.default_factory is None else sub.default_factory()
-            rows.append((f"{section_name}.{name}", json.dumps(default), sub.description or ""))
+        walk(section, [section_name])
     return rows
