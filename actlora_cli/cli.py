@@ -285,25 +285,26 @@ def eval_(
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare (each with train_summary.json and eval.json).")],
-    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="The baseline run folder (e.g. LoRA on all layers).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here (and .md beside it).")] = None,
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare (each with train_summary.json, eval.json "
+                                                    "and config.resolved.yaml).")],
+    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="A baseline run folder (e.g. LoRA on all layers); "
+                                           "the given runs with its config but another train.seed join its group.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here, with its .md and "
+                                             "two PNG charts beside it.")] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compare runs with a baseline as the paper's Table 5 does: metric change, trainable parameters,
-    device-hours and latency saved, throughput gained, step-time ratio (Markdown on stdout)."""
+    device-hours and latency saved, throughput gained, step-time ratio. Runs differing only in train.seed form a
+    group, reported as mean ± std over its seeds (Markdown on stdout)."""
     with _handled(debug):
-        import json
-
-        from .artifacts import atomic_write_text
-        from .compare import compare_runs, markdown
+        from .compare import compare_runs, markdown, write_report
 
         report = compare_runs(runs, baseline)
         text = markdown(report)
-        sys.stdout.write(text)  # raw Markdown: no console wrapping, pipeline-friendly
         if out is not None:
-            atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-            atomic_write_text(out.with_suffix(".md"), text)
+            for path in write_report(report, out):
+                ui.note(f"-> {path}")
+        sys.stdout.write(text)  # raw Markdown: no console wrapping, pipeline-friendly
 
 
 @app.command()

@@ -1,5 +1,6 @@
 """Figures for the studies, as PNG files: layer scores with the chosen layers marked, the C(k) curve with
-the tau thresholds, per-seed score profiles, and scorer-by-layer (or task-by-task) heatmaps.
+the tau thresholds, per-seed score profiles, and scorer-by-layer (or task-by-task) heatmaps; for run
+comparisons, metric against trainable parameters and step time by phase.
 
 Every figure is drawn on its own Agg canvas instead of through pyplot with matplotlib.use("Agg"): importing
 this module never switches the backend of the caller (a notebook, say), needs no display, and leaves no
@@ -7,6 +8,7 @@ figure registered in pyplot's global state to leak."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,3 +109,61 @@ def plot_heatmap(
     ax.set_xticklabels(column_labels if column_labels is not None else range(n_columns))
     ax.set_yticklabels(rows)
     return _save(fig, path)
+
+
+def _save_atomic(fig: Figure, path: Path | str) -> Path:
+    """_save through a temporary file and a rename: a chart written beside a report is never half there."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _save(fig, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_metric_vs_parameters(
+    labels: Sequence[str],
+    parameters: Sequence[float],
+    metric: Sequence[float],
+    metric_std: Sequence[float],
+    path: Path | str,
+    ylabel: str = "metric",
+    title: str = "Metric against trainable parameters (mean ± std over seeds)",
+) -> Path:
+    """One labelled point per group at (trainable parameters, mean metric) with ±std error bars; the x axis
+    is logarithmic, since methods' parameter counts span orders of magnitude."""
+    fig = _figure(len(labels), height=4.5)
+    ax = fig.add_subplot()
+    for label, x, y, err in zip(labels, parameters, metric, metric_std, strict=True):
+        ax.errorbar([x], [y], yerr=[err], marker="o", capsize=4, linestyle="none")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize="small")
+    ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)  # room for the labels of the outermost points
+    ax.set(xlabel="trainable parameters (log scale)", ylabel=ylabel, title=title)
+    ax.grid(True, alpha=0.3)
+    return _save_atomic(fig, path)
+
+
+def plot_step_phases(
+    labels: Sequence[str],
+    phases: dict[str, Sequence[float]],
+    total_std: Sequence[float],
+    path: Path | str,
+    title: str = "Mean training step time by phase (error bar: std of the total)",
+) -> Path:
+    """Stacked bars, one per group, of the mean time of each phase (forward, backward, optimizer); the error
+    bar on top is the std of the step's total time."""
+    fig = _figure(len(labels), height=4.5)
+    ax = fig.add_subplot()
+    positions = np.arange(len(labels))
+    bottom = np.zeros(len(labels))
+    for phase, values in phases.items():
+        ax.bar(positions, values, bottom=bottom, label=phase)
+        bottom += np.asarray(values, dtype=float)
+    ax.errorbar(positions, bottom, yerr=total_std, fmt="none", ecolor="black", capsize=4)
+    ax.set(xticks=positions, ylabel="ms per step", title=title)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
+    return _save_atomic(fig, path)

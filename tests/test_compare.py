@@ -1,0 +1,244 @@
+"""compare: runs that differ only by seed are grouped by their resolved configs, every column is a mean ± std
+(ddof=0) over the group's seeds, changes are taken against the baseline group's mean; the report, its
+Markdown and two PNG charts are written; bad folders fail with exit code 2 and the folder named. The run
+folders are fakes written with the artefact writers, so nothing here trains a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from actlora_cli import artifacts
+from actlora_cli.cli import app
+from actlora_cli.compare import compare_runs, markdown, write_report
+from actlora_cli.config import Config
+from actlora_cli.errors import ArtifactError
+
+NUM_LAYERS = 6
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    folder: Path,
+    *,
+    seed: int,
+    metric: float,
+    k: int | str = "all",
+    layers: list[int] | None = None,
+    method: str | None = "lora",
+    task: str = "movies",
+    params: int = 73_728,
+    device_hours: float = 0.012,
+    phases: tuple[float, float, float] = (20.0, 18.0, 2.0),
+    latency: float = 4.0,
+    throughput: float = 200.0,
+    peak: float | None = 1000.0,
+) -> Path:
+    """A run folder as train and eval leave it: train_summary.json, eval.json and config.resolved.yaml.
+    ``method=None`` writes a summary from before lora.method existed."""
+    cfg = Config.model_validate({"task": {"name": task}, "rank": {"k": k},
+                                 "lora": {"method": method or "lora"}, "train": {"seed": seed},
+                                 "output_dir": str(folder)})
+    lora = cfg.lora.model_dump()
+    if method is None:
+        del lora["method"]
+    layers = list(range(NUM_LAYERS)) if layers is None else layers
+    forward, backward, optimizer = phases
+    artifacts.write_artifact(folder / "train_summary.json", "train_summary", {
+        "model": {"name": cfg.model.name, "model_type": "bert", "num_layers": NUM_LAYERS, "hidden_size": 384},
+        "task": {"name": task, "train_examples": 4000},
+        "plan": {"layers": layers, "k": len(layers), "tau": None, "rule": "top_k", "source": "selection.json",
+                 "ranks_agreeing": 1},
+        "lora": lora,
+        "trainable_parameters": params,
+        "total_parameters": 22_713_216 + params,
+        "steps": 125,
+        "final_metrics": {"validation": {"accuracy": metric}},
+        "mean_step_ms": {"forward": forward, "backward": backward, "optimizer": optimizer},
+        "train_seconds": device_hours * 3600,
+        "device": "cuda:0" if peak is not None else "cpu",
+        "world_size": 1,
+        "device_hours": device_hours,
+        "peak_memory_mib": peak,
+        "precision": "bf16",
+    })
+    timing = {"latency_ms_p50": latency, "latency_ms_p90": latency * 1.2, "latency_ms_mean": latency,
+              "throughput_samples_per_s": throughput, "batches_timed": 14}
+    artifacts.write_artifact(folder / "eval.json", "eval", {
+        "model": {"name": cfg.model.name, "model_type": "bert", "num_layers": NUM_LAYERS, "hidden_size": 384},
+        "task": {"name": task, "splits": {"validation": 1000}},
+        "metrics": {"validation": {"accuracy": metric, "f1": metric - 0.01}},
+        "timing": {"unmerged": timing, "merged": {**timing, "latency_ms_mean": latency * 0.9},
+                   "merged_metrics_match": True},
+        "batch_size": 64,
+    })
+    artifacts.write_resolved(cfg)
+    return folder
+
+
+# Baseline: LoRA on every layer, three seeds; Act-LoRA k=3, three seeds; IA3, one seed.
+BASE = {"metric": [0.80, 0.82, 0.84], "device_hours": [0.010, 0.012, 0.014]}
+ACT = {"metric": [0.80, 0.81, 0.79], "throughput": [240.0, 250.0, 260.0]}
+
+
+@pytest.fixture
+def runs(tmp_path) -> dict[str, list[Path]]:
+    base = [make_run(tmp_path / f"lora-all-s{s}", seed=s, metric=m, device_hours=h)
+            for s, m, h in zip(range(3), BASE["metric"], BASE["device_hours"], strict=True)]
+    act = [make_run(tmp_path / f"act-k3-s{s}", seed=s, metric=m, throughput=t, k=3, layers=[1, 3, 5],
+                    params=36_864, device_hours=0.009, phases=(16.0, 12.5, 1.5), latency=3.0, peak=900.0)
+           for s, m, t in zip(range(3), ACT["metric"], ACT["throughput"], strict=True)]
+    ia3 = [make_run(tmp_path / "ia3-s0", seed=0, metric=0.78, method="ia3", params=9_216, device_hours=0.011,
+                    phases=(19.0, 15.0, 1.0), latency=3.9, throughput=205.0, peak=950.0)]
+    return {"base": base, "act": act, "ia3": ia3}
+
+
+def by_label(report: dict) -> dict[str, dict]:
+    return {g["label"]: g for g in report["groups"]}
+
+
+def test_runs_differing_only_by_seed_are_grouped_and_the_baseline_folder_is_counted_once(runs):
+    report = compare_runs([*runs["act"], runs["base"][2], *runs["ia3"], runs["base"][1], runs["base"][0]],
+                          runs["base"][0])
+    groups = report["groups"]
+    assert [g["label"] for g in groups] == ["lora [all]", "lora [1,3,5]", "ia3 [all]"]
+    assert [g["n"] for g in groups] == [3, 3, 1]
+    assert groups[0]["is_baseline"] and not any(g["is_baseline"] for g in groups[1:])
+    assert report["baseline_group"] == "lora [all]"
+    assert sorted(groups[0]["runs"]) == sorted(map(str, runs["base"]))
+    assert sorted(groups[0]["seeds"]) == [0, 1, 2]
+    assert groups[1]["runs"] == list(map(str, runs["act"]))
+    assert len(report["rows"]) == 7
+    assert report["rows"][0]["run"] == str(runs["base"][0])  # the baseline comes first
+    assert "ddof=0" in report["std"]
+
+
+def test_means_and_population_stds_match_numpy(runs):
+    report = compare_runs(runs["act"] + runs["ia3"] + runs["base"][1:], runs["base"][0])
+    groups = by_label(report)
+    base, act, ia3 = (groups[label]["values"] for label in ("lora [all]", "lora [1,3,5]", "ia3 [all]"))
+    for name, values in (("metric", BASE["metric"]), ("device_hours", BASE["device_hours"])):
+        assert base[name]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert base[name]["std"] == pytest.approx(np.std(values, ddof=0), abs=1e-12)
+    for name, values in (("metric", ACT["metric"]), ("throughput", ACT["throughput"])):
+        assert act[name]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert act[name]["std"] == pytest.approx(np.std(values, ddof=0), abs=1e-12)
+    assert act["step_ms"] == {"mean": pytest.approx(30.0), "std": pytest.approx(0.0)}
+    assert act["backward_ms"] == {"mean": pytest.approx(12.5), "std": pytest.approx(0.0)}
+    assert ia3["metric"] == {"mean": pytest.approx(0.78), "std": 0.0}  # a group of one
+
+
+def test_change_columns_compare_with_the_baseline_group_mean(runs):
+    report = compare_runs(runs["act"] + runs["ia3"] + runs["base"][1:], runs["base"][0])
+    groups = by_label(report)
+    act = groups["lora [1,3,5]"]["changes"]
+    base_metric = 0.82  # mean of 0.80, 0.82, 0.84
+    expected = {  # hand values: (mean, std)
+        "metric_change_pct": (100 * (0.80 - 0.82) / 0.82, 100 * np.std(ACT["metric"]) / base_metric),
+        "parameters_saved_pct": (50.0, 0.0),  # 36,864 of 73,728
+        "device_hours_saved_pct": (25.0, 0.0),  # 0.009 against a mean of 0.012
+        "step_time_ratio": (0.75, 0.0),  # 30 ms against 40 ms
+        "latency_reduction_pct": (25.0, 0.0),  # 3 ms against 4 ms
+        "throughput_gain_pct": (25.0, 100 * np.std(ACT["throughput"]) / 200.0),  # mean 250 against 200
+        "peak_memory_reduction_pct": (10.0, 0.0),  # 900 MiB against 1000 MiB
+    }
+    for key, (mean, std) in expected.items():
+        assert act[key]["mean"] == pytest.approx(mean, abs=1e-9), key
+        assert act[key]["std"] == pytest.approx(std, abs=1e-9), key
+    base = groups["lora [all]"]["changes"]
+    assert base["metric_change_pct"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert base["metric_change_pct"]["std"] == pytest.approx(100 * np.std(BASE["metric"]) / base_metric)
+    assert base["device_hours_saved_pct"]["std"] == pytest.approx(100 * np.std(BASE["device_hours"]) / 0.012)
+    assert groups["ia3 [all]"]["changes"]["parameters_saved_pct"] == {"mean": pytest.approx(87.5), "std": 0.0}
+    # the per-run rows carry each run's own change against the same baseline mean
+    rows = {r["run"]: r for r in report["rows"]}
+    assert rows[str(runs["act"][2])]["metric_change_pct"] == pytest.approx(100 * (0.79 - 0.82) / 0.82)
+
+
+def test_cpu_runs_without_peak_memory_report_it_as_not_available(tmp_path):
+    base = make_run(tmp_path / "base", seed=0, metric=0.8, peak=None)
+    run = make_run(tmp_path / "run", seed=0, metric=0.7, k=2, layers=[4, 5], peak=None)
+    report = compare_runs([run], base)
+    assert report["groups"][1]["changes"]["peak_memory_reduction_pct"] == {"mean": None, "std": None}
+    assert "n/a" in markdown(report).splitlines()[4]
+
+
+def test_labels_show_what_else_differs_and_old_summaries_are_lora(tmp_path):
+    base = make_run(tmp_path / "movies", seed=0, metric=0.8, method=None)
+    other_task = make_run(tmp_path / "sst2", seed=0, metric=0.9, task="sst2")
+    report = compare_runs([other_task], base)
+    labels = [g["label"] for g in report["groups"]]
+    assert labels == ["lora [all] task.name=movies", "lora [all] task.name=sst2"]
+    assert report["groups"][1]["differs"] == {"task.name": "sst2"}
+    assert report["groups"][0]["method"] == "lora"
+
+
+def test_markdown_states_mean_std_ddof_and_n(runs):
+    text = markdown(compare_runs(runs["act"] + runs["base"][1:], runs["base"][0]))
+    lines = text.splitlines()
+    assert "ddof=0" in lines[0] and "Baseline: lora [all] (n=3)" in lines[0]
+    assert lines[2].startswith("| group | n | metric | value | change % |")
+    act = next(line for line in lines if line.startswith("| lora [1,3,5] | 3 |"))
+    assert f"{np.mean(ACT['metric']):.4f} ± {np.std(ACT['metric']):.4f}" in act
+    assert "| 50.0 ± 0.0 |" in act and "| 0.750 ± 0.000 |" in act
+    assert sum(line.startswith("| ") and "act-k3-s" in line for line in lines) == 3  # the runs table
+
+
+def test_write_report_writes_json_markdown_and_valid_pngs(runs, tmp_path):
+    report = compare_runs(runs["act"] + runs["ia3"] + runs["base"][1:], runs["base"][0])
+    out = tmp_path / "report" / "comparison.json"
+    written = write_report(report, out)
+    charts = [out.with_name("comparison_metric_vs_params.png"), out.with_name("comparison_step_time.png")]
+    assert written == [out, out.with_suffix(".md"), *charts]
+    for png in written[2:]:
+        data = png.read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+    assert artifacts.read_artifact(out, "comparison")["groups"] == json.loads(json.dumps(report["groups"]))
+    assert out.with_suffix(".md").read_text() == markdown(report)
+    assert not list((tmp_path / "report").glob(".*"))  # no temporary files left behind
+
+
+def test_bad_folders_are_all_named_in_one_error(runs):
+    (runs["act"][0] / "eval.json").unlink()
+    (runs["act"][1] / "config.resolved.yaml").write_text("model: [unclosed\n")
+    (runs["ia3"][0] / "config.resolved.yaml").unlink()
+    with pytest.raises(ArtifactError) as caught:
+        compare_runs(runs["act"] + runs["ia3"], runs["base"][0])
+    where = [p.where for p in caught.value.problems]
+    assert where == [str(runs["act"][0] / "eval.json"), str(runs["act"][1] / "config.resolved.yaml"),
+                     str(runs["ia3"][0] / "config.resolved.yaml")]
+
+
+def test_cli_prints_markdown_and_writes_the_files(runs, tmp_path):
+    out = tmp_path / "cmp.json"
+    args = ["compare", *map(str, runs["act"]), "--baseline", str(runs["base"][0]), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Baseline: lora [all] (n=1).")
+    assert "| lora [1,3,5] | 3 |" in result.stdout
+    assert (tmp_path / "cmp_step_time.png").read_bytes().startswith(PNG_MAGIC)
+    assert json.loads(out.read_text())["kind"] == "comparison"
+
+
+def test_cli_missing_eval_exits_2_naming_the_folder_and_writes_nothing(runs, tmp_path):
+    (runs["act"][1] / "eval.json").unlink()
+    out = tmp_path / "out" / "cmp.json"
+    args = ["compare", *map(str, runs["act"]), "--baseline", str(runs["base"][0]), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    shown = result.output.replace("\n", "")  # the console folds long paths at its width
+    assert f"{runs['act'][1] / 'eval.json'}: no eval file" in shown
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_an_out_file_that_is_not_json(runs, tmp_path):
+    out = tmp_path / "r.md"  # the JSON would be overwritten by its own Markdown
+    args = ["compare", str(runs["act"][0]), "-b", str(runs["base"][0]), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "must end in .json" in " ".join(result.output.split())
+    assert list(tmp_path.glob("r*")) == []
