@@ -56,6 +56,9 @@ def run_ablation(cfg: Config, mode: str = "adapter") -> dict[str, Any]:
     loaded, model = load_trained(cfg, spec.num_labels, ctx)
     arch = loaded.arch
     summary = artifacts.read_artifact(cfg.run_dir / "train_summary.json", "train_summary", model_name=cfg.model.name)
+    if summary.get("method", "lora") != "lora":
+        raise ArtifactError(Problem(str(cfg.run_dir), f"the run trained {summary['method']}, not LoRA",
+                                    "ablation switches LoRA adapters off: train with lora.method=lora"))
     if summary["plan"]["layers"] != list(range(arch.num_layers)):
         raise ArtifactError(
             Problem(str(cfg.run_dir), f"the adapter covers layers {summary['plan']['layers']}, not every layer",

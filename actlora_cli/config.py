@@ -263,6 +263,16 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     output_dir: str = Field("runs/minilm_movies", description="Run folder: every artefact of the run goes here.")
 
+    @model_validator(mode="after")
+    def _method_fits_model(self) -> Config:
+        if self.model.quantization == "nf4" and self.lora.method in ("full", "lokr", "loha"):
+            raise ValueError(
+                f"lora.method={self.lora.method} cannot train on a 4-bit base (model.quantization=nf4): "
+                + ("full fine-tuning updates the quantised weights themselves" if self.lora.method == "full"
+                   else "peft has no 4-bit LoKr/LoHa layers")
+                + "; use lora, adalora, ia3 or vera, or model.quantization=none")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir).expanduser()

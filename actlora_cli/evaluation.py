@@ -1,4 +1,4 @@
-"""The eval stage: base model + the run's adapter -> GLUE metric(s), latency and throughput -> eval.json.
+"""The eval stage: base model + the run's adapter (or the fully fine-tuned model) -> GLUE metric(s), latency and throughput -> eval.json.
 
 Latency and throughput are measured at the eval batch size with the adapters unmerged (as the paper
 measures: swapping adapters is the point of keeping them separate) and merged into the base weights.
@@ -7,6 +7,7 @@ measures: swapping adapters is the point of keeping them separate) and merged in
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -94,17 +95,35 @@ def time_inference(
 
 
 def load_trained(cfg: Config, num_labels: int, ctx: Dist):
-    """Base model from the config plus the run's adapter (PEFT format), as PeftModel.from_pretrained does."""
+    """The trained model: the config's base plus the run's adapter, as ``PeftModel.from_pretrained`` does, or,
+    for full fine-tuning, the run's saved model (with the base's tokenizer)."""
     from peft import PeftModel
 
-    adapter = cfg.run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise ArtifactError(Problem(str(adapter), "no adapter", "run `actlora train` with this config first"))
-    loaded = load_for(cfg.model, num_labels, ctx.device)
+    full = cfg.lora.method == "full"
+    weights = cfg.run_dir / ("model" if full else "adapter")
+    marker = weights / ("config.json" if full else "adapter_config.json")
+    if not marker.is_file():
+        other = cfg.run_dir / ("adapter" if full else "model")
+        hint = (f"; {other} exists: was it trained with another lora.method?" if other.is_dir() else "")
+        raise ArtifactError(Problem(str(weights), f"no trained {'model' if full else 'adapter'}{hint}",
+                                    "run `actlora train` with this config first"))
     summary_path = cfg.run_dir / "train_summary.json"
     if summary_path.is_file():
-        artifacts.read_artifact(summary_path, "train_summary", model_name=cfg.model.name)
-    model = PeftModel.from_pretrained(loaded.model, str(adapter)).to(ctx.device).eval()
+        summary = artifacts.read_artifact(summary_path, "train_summary", model_name=cfg.model.name)
+        trained_with = summary.get("method", "lora")
+        if trained_with != cfg.lora.method:
+            raise ArtifactError(Problem(str(summary_path), f"the run was trained with lora.method={trained_with}, "
+                                        f"the config says {cfg.lora.method}", "evaluate with the training config"))
+    if full:
+        tuned = cfg.model.model_copy(update={"name": str(weights), "revision": None, "random_init": False})
+        loaded = load_for(cfg.model.model_copy(update={"random_init": False}), num_labels, ctx.device, model_cfg=tuned)
+        return loaded, loaded.model.eval()
+    loaded = load_for(cfg.model, num_labels, ctx.device)
+    with warnings.catch_warnings():
+        # peft >= 0.21 checks rank_pattern keys as module names; AdaLoRA's keys name its lora_E masks, which
+        # peft applies on load all the same (the reload tests compare logits), so the warning is a false alarm
+        warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+        model = PeftModel.from_pretrained(loaded.model, str(weights)).to(ctx.device).eval()
     return loaded, model
 
 
@@ -128,7 +147,9 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
                 ttft = time_inference(model, first, 1, ctx.device, timing_batches)
                 timing["time_to_first_token_ms_p50"] = ttft["latency_ms_p50"]
                 timing["time_to_first_token_ms_p90"] = ttft["latency_ms_p90"]
-            if cfg.model.quantization == "none":
+            if cfg.lora.method == "full":
+                timing["merged"] = {"skipped": "full fine-tuning has no adapter to merge"}
+            elif cfg.model.quantization == "none":
                 model.merge_adapter()
                 timing["merged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches)
                 merged = evaluate_metrics(model, first, spec, cfg.train.eval_batch_size, Dist(0, 1, 0, ctx.device))

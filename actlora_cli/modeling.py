@@ -302,9 +302,12 @@ class Loaded:
     seconds: float
 
 
-def load_for(cfg: ModelSection, num_labels: int, device: torch.device) -> Loaded:
-    """Tokenizer, model (on ``device``, the one distributed.setup chose) and its located architecture."""
+def load_for(
+    cfg: ModelSection, num_labels: int, device: torch.device, model_cfg: ModelSection | None = None
+) -> Loaded:
+    """Tokenizer, model (on ``device``, the one distributed.setup chose) and its located architecture; the
+    weights come from ``model_cfg`` when given (a fully fine-tuned model beside its base's tokenizer)."""
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg)
-    model = load_model(cfg, num_labels, device, pad_token_id=tokenizer.pad_token_id)
+    model = load_model(model_cfg or cfg, num_labels, device, pad_token_id=tokenizer.pad_token_id)
     return Loaded(model, tokenizer, locate(model), device, time.perf_counter() - start)

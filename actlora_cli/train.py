@@ -1,4 +1,4 @@
-"""The train stage: LoRA on the layer plan, a plain AdamW loop, cost accounting per step, PEFT-format
+"""The train stage: LoRA (or another method, see adapters.py) on the layer plan, a plain AdamW loop, cost accounting per step, PEFT-format
 checkpoints and exact resume.
 
 ``run_train`` reads top to bottom: plan -> model -> data -> optimizer -> loop -> summary. Under torchrun
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import artifacts, ui
-from .adapters import adapted_layers, apply_lora, count_parameters
+from .adapters import Adapted, adapted_layers, apply_method, count_parameters
 from .config import Config
 from .data import batch_indices, collate, encoded_split, eval_splits, shard, task_spec, to_device
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
@@ -125,12 +125,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int, extra: dict) -> None:
-    """Adapter + head in PEFT's format, and the loop state; written beside and swapped in, so a crash
-    mid-save leaves the previous checkpoint whole."""
+def save_checkpoint(folder: Path, adapted: Adapted, optimizer, scheduler, scaler, step: int, extra: dict) -> None:
+    """Adapter + head in PEFT's format (the whole model for full fine-tuning), and the loop state; written
+    beside and swapped in, so a crash mid-save leaves the previous checkpoint whole."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "adapter")
+    adapted.save(tmp / adapted.weights_dir)
     torch.save(
         {
             "step": step,
@@ -138,6 +138,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, step: int
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(),
+            "method_state": adapted.extra_state(),
             **extra,
         },
         tmp / "state.pt",
@@ -158,19 +159,13 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
     return None
 
 
-def load_adapter_weights(model, adapter_dir: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The loop
 
 
 def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train LoRA on the plan; write adapter/, checkpoints/, train_log.jsonl and train_summary.json."""
+    """Train lora.method on the plan; write adapter/ (model/ for full fine-tuning), checkpoints/,
+    train_log.jsonl and train_summary.json."""
     started = time.perf_counter()
     ctx: Dist = setup()
     t = cfg.train
@@ -180,30 +175,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     loaded = load_for(cfg.model, spec.num_labels, ctx.device)
     plan, plan_source = resolve_plan(cfg, loaded.arch.num_layers, rule_from_flags)
     ranks_agreeing = same_on_all_ranks(plan.layers, "the layer plan")
-    model = apply_lora(loaded.model, loaded.arch, cfg.lora, plan.layers)
-    assert adapted_layers(model, loaded.arch) == sorted(plan.layers), "LoRA landed outside the plan"
-    trainable, total = count_parameters(model)
-    ddp_model = model
-    if ctx.enabled:
-        # the plan is fixed before wrapping; every trainable parameter is used every step
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=False
-        )
-
     train_data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
     eval_data = {split: encoded_split(loaded.tokenizer, cfg.task, spec, split) for split in eval_splits(cfg.task, spec)}
-
-    amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
-    base_dtype = next(p.dtype for p in loaded.model.parameters() if not p.requires_grad and p.is_floating_point())
-    if amp_dtype is None and base_dtype in (torch.float16, torch.bfloat16):
-        raise ConfigError([Problem(
-            "train.precision", f"fp32 training on a {str(base_dtype).replace('torch.', '')} model",
-            "set train.precision=bf16 (or fp16), or model.dtype=float32")])
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if ctx.device.type == "cuda" else {})
-    )
     # every rank must get a share of every micro-batch: a final batch smaller than world x grad_accum is dropped,
     # and the epoch is counted with the same rule (a count that disagreed would never finish the epoch)
     min_batch = ctx.world * t.grad_accum
@@ -215,6 +188,26 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
+    adapted = apply_method(loaded.model, loaded.arch, cfg.lora, plan.layers, total_steps)
+    model = adapted.model
+    assert adapted_layers(model, loaded.arch) == sorted(plan.layers), f"{cfg.lora.method} landed outside the plan"
+    trainable, total = count_parameters(model)
+    amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
+    base_dtype = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
+    if amp_dtype is None and base_dtype in (torch.float16, torch.bfloat16):
+        raise ConfigError([Problem(
+            "train.precision", f"fp32 training on a {str(base_dtype).replace('torch.', '')} model",
+            "set train.precision=bf16 (or fp16), or model.dtype=float32")])
+    ddp_model = model
+    if ctx.enabled:
+        # the plan is fixed before wrapping; every trainable parameter is used every step
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=False
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if ctx.device.type == "cuda" else {})
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, round(t.warmup_ratio * total_steps)))
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -223,7 +216,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     ckpt_dir = run_dir / "checkpoints"
     log_path = run_dir / "train_log.jsonl"
     step = 0
-    meta = {"plan": plan.layers, "world": ctx.world, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+    meta = {"plan": plan.layers, "method": cfg.lora.method, "world": ctx.world, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
             "model": cfg.model.name}
     totals = {"train_seconds": 0.0, "samples": 0, "phase_ms": [0.0, 0.0, 0.0], "steps_timed": 0, "history": [],
               "peak_mib": 0.0}
@@ -238,7 +231,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 str(last), "the checkpoint was made by a different run: "
                 + ", ".join(f"{k} {was} -> {now}" for k, (was, now) in differs.items()),
                 "resume with the settings it was made with, or drop --resume to start afresh"))
-        load_adapter_weights(model, last / "adapter")
+        adapted.load_weights(last / adapted.weights_dir)
+        adapted.load_extra_state(state.get("method_state", {}))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"] is not None:
@@ -253,13 +247,14 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     elif ctx.is_main:
         # a fresh run: nothing of an earlier run in this folder may be resumed or mistaken for this one's
         log_path.unlink(missing_ok=True)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for stale in (ckpt_dir, run_dir / "adapter", run_dir / "model"):
+            shutil.rmtree(stale, ignore_errors=True)
     barrier()
     if ctx.is_main:
         artifacts.write_resolved(cfg)
         ui.note(
-            f"LoRA r={cfg.lora.r} on {', '.join(cfg.lora.targets)} of layers {plan.layers} "
-            f"(from {plan_source}); trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
+            f"{adapted.describe(cfg.lora)} (from {plan_source}); "
+            f"trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
         )
 
     timer = PhaseTimer(ctx.device)
@@ -294,6 +289,10 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         # sum over this rank's share, scaled so that DDP's average over ranks is the mean over
                         # the global batch whatever the shares' sizes (a per-rank mean would weight them unequally)
                         loss = compute_loss(logits, labels, spec.is_regression, "sum") * (ctx.world / len(global_batch))
+                        extra = adapted.regularizer()
+                        if extra is not None:
+                            # once per step in all: a share per micro-batch (DDP averages it over ranks)
+                            loss = loss + extra / len(chunks)
                         timer.mark()
                         if i == 0:
                             mem_fwd = timer.memory()
@@ -323,6 +322,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                     scaler.update()
                 else:
                     optimizer.step()
+                adapted.after_optimizer_step(step)  # needs the gradients: before zero_grad
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 timer.mark()
@@ -359,11 +359,11 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         totals = {"train_seconds": time.perf_counter() - loop_start, "samples": samples_done,
                                   "phase_ms": phase_totals.tolist(), "steps_timed": steps_timed,
                                   "history": history, "peak_mib": peak_mib}
-                        save_checkpoint(ckpt_dir / "last", model, optimizer, scheduler, scaler, step,
+                        save_checkpoint(ckpt_dir / "last", adapted, optimizer, scheduler, scaler, step,
                                         {"meta": meta, "totals": totals})
                     barrier()
                 if epoch_done and ctx.is_main:
-                    shutil.copytree(ckpt_dir / "last" / "adapter", ckpt_dir / f"step-{step}", dirs_exist_ok=True)
+                    shutil.copytree(ckpt_dir / "last" / adapted.weights_dir, ckpt_dir / f"step-{step}", dirs_exist_ok=True)
                     shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
                     ui.note(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown}")
                 if step >= total_steps:
@@ -373,7 +373,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     train_seconds = time.perf_counter() - loop_start
 
     if ctx.is_main:
-        model.save_pretrained(run_dir / "adapter")
+        adapted.save(run_dir / adapted.weights_dir)
     barrier()
     steps_run = max(1, steps_timed)
     summary = {
@@ -381,6 +381,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         "task": {"name": spec.name, "train_examples": len(train_data)},
         "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule, "source": plan_source,
                  "ranks_agreeing": ranks_agreeing},
+        "method": cfg.lora.method,
+        "method_settings": adapted.settings,
         "lora": cfg.lora.model_dump(),
         "trainable_parameters": trainable,
         "total_parameters": total,

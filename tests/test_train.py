@@ -82,14 +82,14 @@ def test_backward_stops_at_lowest_adapted_layer(tiny_models, family, layers, low
 def test_training_loop_keeps_the_backward_cut(tmp_path, tiny_models, tiny_task, monkeypatch):
     """The real loop (not only apply_lora): gradients never reach the layers below the plan."""
     seen = {}
-    real_apply = adapters.apply_lora
+    real_apply = adapters.apply_method
 
-    def apply_and_watch(model, arch, lora, layers):
-        wrapped = real_apply(model, arch, lora, layers)
-        seen["calls"], seen["inputs"], _ = _grad_reach(wrapped, arch)
-        return wrapped
+    def apply_and_watch(model, arch, lora, layers, total_steps):
+        adapted = real_apply(model, arch, lora, layers, total_steps)
+        seen["calls"], seen["inputs"], _ = _grad_reach(adapted.model, arch)
+        return adapted
 
-    monkeypatch.setattr(train, "apply_lora", apply_and_watch)
+    monkeypatch.setattr(train, "apply_method", apply_and_watch)
     cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": None}, train={"max_steps": 3})
     cfg.run_dir.mkdir(parents=True)
     _write_selection(cfg, [2, 3])
