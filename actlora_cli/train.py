@@ -28,6 +28,7 @@ from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import evaluate_metrics
 from .modeling import load_for
+from .prefix_cache import PrefixCache, disable_prefix_dropout
 from .rank import resolve_plan
 
 
@@ -198,6 +199,17 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         raise ConfigError([Problem(
             "train.precision", f"fp32 training on a {str(base_dtype).replace('torch.', '')} model",
             "set train.precision=bf16 (or fp16), or model.dtype=float32")])
+    # the frozen prefix: embeddings and the layers below the lowest trained layer (past the backward cut)
+    lowest = min(plan.layers)
+    frozen_dropout = t.frozen_dropout and t.prefix_cache == "off"
+    prefix = {"lowest_trained_layer": lowest, "dropout": frozen_dropout,
+              "dropout_rates_zeroed": 0 if frozen_dropout else disable_prefix_dropout(model, loaded.arch, lowest)}
+    cache = None
+    if t.prefix_cache != "off":
+        cache_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            t.prefix_cache_dtype, amp_dtype or torch.float32)
+        cache = PrefixCache(model, loaded.arch, lowest, train_data.lengths, cache_dtype, t.prefix_cache,
+                            cfg.run_dir / f"prefix_cache.rank{ctx.rank}.bin", pin=ctx.device.type == "cuda")
     ddp_model = model
     if ctx.enabled:
         # the plan is fixed before wrapping; every trainable parameter is used every step
@@ -276,7 +288,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 # grad_accum micro-batches of near-equal size, each with at least one example per rank;
                 # collated before the clock starts, so the phases time the model, not the padding loop
                 chunks = [global_batch[i::t.grad_accum] for i in range(t.grad_accum)]
-                micro_batches = [to_device(collate(train_data, shard(c, ctx.rank, ctx.world)), ctx.device) for c in chunks]
+                rows = [shard(c, ctx.rank, ctx.world) for c in chunks]
+                micro_batches = [to_device(collate(train_data, r), ctx.device) for r in rows]
                 timer.start()
                 loss_sum = torch.zeros((), device=ctx.device)
                 for i, batch in enumerate(micro_batches):
@@ -284,7 +297,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                     # gradient sync only on the last micro-batch of the step
                     sync = ctx.enabled and i < len(chunks) - 1
                     with ddp_model.no_sync() if sync else nullcontext():
-                        with autocast():
+                        with autocast(), cache.around(rows[i]) if cache else nullcontext():
                             logits = ddp_model(**batch).logits
                         # sum over this rank's share, scaled so that DDP's average over ranks is the mean over
                         # the global batch whatever the shares' sizes (a per-rank mean would weight them unequally)
@@ -371,6 +384,9 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     if log is not None:
         log.close()
     train_seconds = time.perf_counter() - loop_start
+    if cache is not None:
+        prefix["cache"] = {"store": t.prefix_cache, **cache.report()}
+        cache.close()
 
     if ctx.is_main:
         adapted.save(run_dir / adapted.weights_dir)
@@ -391,6 +407,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         "epochs": round(step / steps_per_epoch, 4),
         "final_metrics": history[-1]["metrics"] if history else {},
         "history": history,
+        "frozen_prefix": prefix,
         "mean_step_ms": {
             name: round(v / steps_run, 3) for name, v in zip(("forward", "backward", "optimizer"), phase_totals)
         },

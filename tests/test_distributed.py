@@ -40,7 +40,7 @@ def runs(tmp_path_factory, tiny_task):
     root = tmp_path_factory.mktemp("ddp")
     model = make_tiny_model(root, "bert", dropout=0.0)
     out = {}
-    for nproc in (1, 2):
+    for nproc in (1, 2, "1-plan23", "2-plan23-cached"):
         # batch 9 in 3 micro-batches of 3: the 2 ranks get unequal shares (2 and 1), gradients accumulate
         # without sync, and 83 = 9 x 9 + 2 leaves a last batch too small for 2 ranks x 3 micro-batches (dropped)
         cfg = tiny_config(model, tiny_task, root / f"run{nproc}", lora={"dropout": 0.0},
@@ -49,6 +49,18 @@ def runs(tmp_path_factory, tiny_task):
                           probe={"steps": 4, "batch_size": 8})
         path = root / f"cfg{nproc}.yaml"
         path.write_text(yaml.safe_dump(cfg))
+        if isinstance(nproc, str):
+            # layers 2-3 planned, so the frozen prefix is the embeddings and two layers; the cached run stores
+            # per rank what each rank sees, whatever the shuffle sends it
+            from actlora_cli import artifacts
+
+            artifacts.write_artifact(root / f"run{nproc}" / "selection.json", "selection", {
+                "layers": [2, 3], "k": 2, "tau": None, "rule": "top_k", "ranking": [2, 3],
+                "cumulative_importance": [1.0, 1.0], "model": {"name": str(model)}})
+            cache = ["--set", "train.prefix_cache=memory", "--set", "train.prefix_cache_dtype=fp32"]
+            _actlora(int(nproc[0]), "train", "-c", str(path), *(cache if "cached" in nproc else []))
+            out[nproc] = root / f"run{nproc}"
+            continue
         _actlora(nproc, "probe", "-c", str(path))
         _actlora(nproc, "train", "-c", str(path), "--k", "2")
         _actlora(nproc, "eval", "-c", str(path))
@@ -93,3 +105,19 @@ def test_sharded_eval_equals_single_process(runs):
     assert two["world_size"] == 2
     for split, values in one["metrics"].items():
         assert two["metrics"][split] == pytest.approx(values, abs=1e-9)
+
+
+def test_two_process_cached_run_equals_one_process_uncached(runs):
+    """The prefix cache under DDP (no dropout anywhere in this model): the same losses and adapter as one
+    uncached process, with later epochs replaying stored prefixes on both ranks."""
+    one = load_file(str(runs["1-plan23"] / "adapter" / "adapter_model.safetensors"))
+    cached = load_file(str(runs["2-plan23-cached"] / "adapter" / "adapter_model.safetensors"))
+    for key in one:
+        torch.testing.assert_close(cached[key], one[key], rtol=0, atol=2e-5)
+    log1 = [json.loads(x)["loss"] for x in (runs["1-plan23"] / "train_log.jsonl").read_text().splitlines()]
+    logc = [json.loads(x)["loss"] for x in (runs["2-plan23-cached"] / "train_log.jsonl").read_text().splitlines()]
+    assert logc == pytest.approx(log1, rel=1e-4)
+    info = _json(runs["2-plan23-cached"] / "train_summary.json")["frozen_prefix"]
+    assert info["lowest_trained_layer"] == 2
+    # rank 0's count: epoch 2 replays the micro-batches whose examples this rank already stored in epoch 1
+    assert info["cache"]["forwards_replayed"] > 0 and info["cache"]["forwards_computed"] > 0

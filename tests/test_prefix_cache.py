@@ -1,0 +1,88 @@
+"""The frozen-prefix cache: a cached run's losses and adapter equal those of the uncached run with frozen-prefix
+dropout off (fp32 store), in memory and on disk, for an encoder with relative attention and a decoder; later
+epochs really replay; bf16 storage stays close; a trained prefix is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from actlora_cli import train
+from actlora_cli.config import Config
+from actlora_cli.errors import ConfigError
+from tests.conftest import tiny_config
+from tests.test_train import _write_selection
+
+
+def _run(tmp_path, name, model_dir, tiny_task, layers=(2, 3), **train_section) -> tuple[dict, list[float], dict]:
+    from safetensors.torch import load_file
+
+    cfg = Config.model_validate(tiny_config(
+        model_dir, tiny_task, tmp_path / name, rank={"k": None},
+        train={"epochs": 3, "lr": 5e-3, "batch_size": 8, **train_section}))
+    cfg.run_dir.mkdir(parents=True)
+    _write_selection(cfg, list(layers))
+    summary = train.run_train(cfg)
+    losses = [json.loads(line)["loss"] for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    return summary, losses, load_file(str(cfg.run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "llama"])
+def test_cached_run_equals_uncached_run_without_prefix_dropout(tmp_path, tiny_models, tiny_task, family):
+    model = tiny_models[family]
+    _, plain, plain_weights = _run(tmp_path, "plain", model, tiny_task, frozen_dropout=False)
+    summary, cached, cached_weights = _run(tmp_path, "cached", model, tiny_task, prefix_cache="memory",
+                                           prefix_cache_dtype="fp32")
+    assert len(cached) == len(plain) == 36
+    torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-5, atol=1e-6)
+    for key in plain_weights:
+        torch.testing.assert_close(cached_weights[key], plain_weights[key], rtol=1e-4, atol=1e-6)
+    info = summary["frozen_prefix"]
+    assert info["dropout"] is False and info["lowest_trained_layer"] == 2
+    # epoch 1 computes every batch (12), epochs 2 and 3 replay every batch: all 96 examples were stored
+    assert info["cache"]["forwards_computed"] == 12 and info["cache"]["forwards_replayed"] == 24
+    assert info["cache"]["examples_stored"] == 96 and info["cache"]["layers_cached"] == 2
+
+
+def test_the_equality_is_not_vacuous(tmp_path, tiny_models, tiny_task):
+    """With the prefix's dropout on (the default), the same run differs: dropout is what the cache must switch
+    off, and the test above would see it if it did not."""
+    _, with_dropout, _ = _run(tmp_path, "dropout", tiny_models["bert"], tiny_task)
+    summary, without, _ = _run(tmp_path, "cached", tiny_models["bert"], tiny_task, prefix_cache="memory",
+                               prefix_cache_dtype="fp32")
+    assert not torch.allclose(torch.tensor(with_dropout), torch.tensor(without), rtol=1e-4)
+    assert summary["frozen_prefix"]["dropout_rates_zeroed"] > 0
+
+
+def test_disk_store_equals_memory_store_and_is_removed(tmp_path, tiny_models, tiny_task):
+    _, memory, _ = _run(tmp_path, "memory", tiny_models["bert"], tiny_task, prefix_cache="memory",
+                        prefix_cache_dtype="bf16")
+    summary, disk, _ = _run(tmp_path, "disk", tiny_models["bert"], tiny_task, prefix_cache="disk",
+                            prefix_cache_dtype="bf16")
+    assert disk == memory
+    assert summary["frozen_prefix"]["cache"]["store"] == "disk"
+    assert not list((tmp_path / "disk").glob("prefix_cache*"))
+
+
+def test_bf16_store_stays_close_to_fp32(tmp_path, tiny_models, tiny_task):
+    _, fp32, _ = _run(tmp_path, "fp32", tiny_models["bert"], tiny_task, prefix_cache="memory", prefix_cache_dtype="fp32")
+    summary, bf16, _ = _run(tmp_path, "bf16", tiny_models["bert"], tiny_task, prefix_cache="memory",
+                            prefix_cache_dtype="bf16")
+    assert fp32[:12] == bf16[:12]  # epoch 1 runs the prefix in both
+    torch.testing.assert_close(torch.tensor(bf16), torch.tensor(fp32), rtol=2e-2, atol=2e-3)
+    assert summary["frozen_prefix"]["cache"]["dtype"] == "bfloat16"
+
+
+def test_a_trained_prefix_is_refused(tmp_path, tiny_models, tiny_task):
+    cfg = Config.model_validate(tiny_config(
+        tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": "full"}, rank={"k": "all"},
+        train={"max_steps": 2, "prefix_cache": "memory"}))
+    with pytest.raises(ConfigError, match="train.prefix_cache"):
+        train.run_train(cfg)
+
+
+def test_frozen_dropout_is_recorded_when_left_on(tmp_path, tiny_models, tiny_task):
+    summary, _, _ = _run(tmp_path, "run", tiny_models["bert"], tiny_task, epochs=1)
+    assert summary["frozen_prefix"] == {"lowest_trained_layer": 2, "dropout": True, "dropout_rates_zeroed": 0}
