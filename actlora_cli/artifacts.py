@@ -25,6 +25,7 @@ KINDS = {
     "eval": ("eval.json", "actlora eval"),
     "ablation": ("ablation.json", "actlora ablate"),
     "study": ("<study>.json", "actlora study"),
+    "sweep": ("sweep.json", "actlora sweep"),
 }
 
 

@@ -337,6 +337,57 @@ def ablate(
         ui.out.print(table)
 
 
+@app.command()
+def sweep(
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder: <out>/<task>/<method>-k<k>-seed<s>/ per point, "
+                                                   "<out>/<task>/probe/, <out>/sweep.json.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated lora.method values "
+                                                               "(default: the config's).")] = None,
+    k: Annotated[str | None, typer.Option("--k", help="Comma-separated k values, whole numbers or 'all' "
+                                                    "(default: the config's rank.k).")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated train.seed values "
+                                                            "(default: the config's).")] = None,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated task.name values "
+                                                            "(default: the config's).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and what each would run; "
+                                                            "write nothing.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train and evaluate every point of methods x k x seeds x tasks, one run folder each; probe once per task
+    (probe.seed) for the points with a k. Run it again to resume: finished points are skipped, a trained
+    point is only evaluated, an interrupted one resumes from its checkpoint. Ends with a summary and, per
+    task, the points compared with LoRA on every layer, seeds as mean ± std (<out>/<task>/comparison.md)."""
+    with _handled(debug):
+        cfg = _config(config, set_, {})
+        _quiet_libraries()
+        from .sweep import parse_grid, run_sweep
+
+        doc = run_sweep(cfg, parse_grid(cfg, methods, k, seeds, tasks), out, dry_run=dry_run)
+        if dry_run:
+            table = Table(title=f"sweep plan: {doc['total']} points in {out} (nothing written)")
+            for col in ("#", "task", "point", "would run"):
+                table.add_column(col, justify="right" if col == "#" else "left")
+            for i, p in enumerate(doc["points"], 1):
+                table.add_row(str(i), p["task"], p["name"], p["action"])
+            ui.out.print(table)
+            for task, probe in doc["probes"].items():
+                ui.out.print(f"probe {task}: {probe['action']} ({probe['folder']})")
+            return
+        table = Table(title=f"sweep: {doc['total']} points in {out}")
+        for col in ("task", "point", "ran", "metric", "value", "trainable params", "step ms"):
+            table.add_column(col, justify="left" if col in ("task", "point", "ran", "metric") else "right",
+                             no_wrap=col == "point")
+        for p in doc["points"]:
+            table.add_row(p["task"], p["name"], p["action"], p["metric_name"], f"{p['metric']:.4f}",
+                          f"{p['trainable_parameters']:,}", f"{p['step_ms']:.1f}")
+        ui.out.print(table)
+        for task, comparison in doc["comparisons"].items():
+            note = f"\nNote: {comparison['note']}.\n" if comparison["note"] else ""
+            sys.stdout.write(f"\n## {task}\n{note}\n" + Path(comparison["markdown"]).read_text())
+
+
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the study's JSON, Markdown and plots.")]
 
 
