@@ -26,6 +26,7 @@ KINDS = {
     "ablation": ("ablation.json", "actlora ablate"),
     "study": ("<study>.json", "actlora study"),
     "sweep": ("sweep.json", "actlora sweep"),
+    "comparison": ("<report>.json", "actlora compare --out"),
 }
 
 
@@ -39,6 +40,10 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp makes the file private (0600); an artefact gets the mode any new file gets here
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

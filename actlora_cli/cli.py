@@ -214,9 +214,10 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Train LoRA on the layer plan: <run>/selection.json, or ranked on the fly from scores.json when --k or
-    --tau is given; --k all is plain LoRA on every layer (the baseline; needs no probe). Writes <run>/adapter
-    (PEFT format), checkpoints/, train_log.jsonl and train_summary.json."""
+    """Train lora.method (LoRA; or adalora, ia3, vera, lokr, loha, full) on the layer plan: <run>/selection.json,
+    or ranked on the fly from scores.json when --k or --tau is given; --k all is every layer (the baseline;
+    needs no probe). Writes <run>/adapter (PEFT format; model/ for full), checkpoints/, train_log.jsonl and
+    train_summary.json."""
     with _handled(debug):
         cfg = _config(
             config,
@@ -229,7 +230,8 @@ def train(
 
         doc = run_train(cfg, rule_from_flags=k is not None or tau is not None, resume=resume)
         if not ui.quiet():
-            table = Table(title=f"train: {doc['model']['name']} on {doc['task']['name']}, layers {doc['plan']['layers']}")
+            table = Table(title=f"train: {doc['method']} on {doc['model']['name']}, {doc['task']['name']}, "
+                                f"layers {doc['plan']['layers']}")
             table.add_column("")
             table.add_column("value", justify="right")
             for split, values in doc["final_metrics"].items():

@@ -51,7 +51,10 @@ def main() -> None:
             print(f"rep {rep} {variant}: {seconds:.2f} s of training steps")
     med = {v: statistics.median(t) for v, t in times.items()}
     dyn, pad, grp = med["dynamic"], med["max_length"], med["grouped"]
-    from benchmarks.step_time import machine_name
+    try:
+        from benchmarks.step_time import machine_name
+    except ImportError:  # run as `python benchmarks/padding.py`: the folder itself is on the path
+        from step_time import machine_name
 
     result = {
         "machine": {"cpu": machine_name(), "threads": torch.get_num_threads()}, "torch": torch.__version__,
