@@ -20,7 +20,7 @@ from .config import Config
 from .data import Encoded, TaskSpec, batch_indices, collate, encoded_split, eval_splits, shard, task_spec
 from .distributed import Dist, setup
 from .errors import ArtifactError, Problem
-from .modeling import load_for
+from .modeling import autocast_context, autocast_settings, load_for
 
 
 def _gather(array: np.ndarray, ctx: Dist) -> list[np.ndarray]:
@@ -64,7 +64,8 @@ def evaluate_metrics(
 
 @torch.inference_mode()
 def time_inference(
-    model: torch.nn.Module, data: Encoded, batch_size: int, device: torch.device, max_batches: int = 50, warmup: int = 2
+    model: torch.nn.Module, data: Encoded, batch_size: int, device: torch.device, max_batches: int = 50, warmup: int = 2,
+    autocast: Callable = nullcontext,
 ) -> dict[str, float]:
     """Per-example latency (p50, p90, mean over batches: batch time / batch size) and throughput."""
     model.eval()
@@ -77,7 +78,8 @@ def time_inference(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        model(**batch)
+        with autocast():
+            model(**batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
@@ -132,27 +134,30 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
     ctx = setup()
     spec = task_spec(cfg.task)
     loaded, model = load_trained(cfg, spec.num_labels, ctx)
+    # the precision training ran at (its epoch-end metrics were computed so): bf16 autocast on a bf16 GPU
+    autocast = autocast_context(autocast_settings(cfg.train.precision, ctx.device)[0], ctx.device)
     splits = eval_splits(cfg.task, spec)
     data = {s: encoded_split(loaded.tokenizer, cfg.task, spec, s) for s in splits}
-    results = {s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx) for s, d in data.items()}
+    results = {s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx, autocast) for s, d in data.items()}
     first = data[splits[0]]
     timing = {}
     if ctx.is_main:
         with ui.progress("latency", 2) as advance:
-            timing["unmerged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches)
+            timing["unmerged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches, autocast=autocast)
             advance()
             if loaded.arch.is_decoder:
                 # a decoder classifier answers after one prefill forward: its time to first token is the
                 # latency of a single request (batch 1), as the paper reports for Llama
-                ttft = time_inference(model, first, 1, ctx.device, timing_batches)
+                ttft = time_inference(model, first, 1, ctx.device, timing_batches, autocast=autocast)
                 timing["time_to_first_token_ms_p50"] = ttft["latency_ms_p50"]
                 timing["time_to_first_token_ms_p90"] = ttft["latency_ms_p90"]
             if cfg.lora.method == "full":
                 timing["merged"] = {"skipped": "full fine-tuning has no adapter to merge"}
             elif cfg.model.quantization == "none":
                 model.merge_adapter()
-                timing["merged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches)
-                merged = evaluate_metrics(model, first, spec, cfg.train.eval_batch_size, Dist(0, 1, 0, ctx.device))
+                timing["merged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches, autocast=autocast)
+                merged = evaluate_metrics(model, first, spec, cfg.train.eval_batch_size, Dist(0, 1, 0, ctx.device),
+                                          autocast)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Unmerge result can be inaccurate")  # IA3: unused after
                     model.unmerge_adapter()
@@ -169,6 +174,7 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
         "batch_size": cfg.train.eval_batch_size,
         "device": str(ctx.device),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "precision": cfg.train.precision,
         "world_size": ctx.world,
         "provenance": artifacts.provenance(cfg.hash()),
     }

@@ -105,6 +105,25 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a grad scaler is needed)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, device.type == "cuda")}[
+        precision
+    ]
+
+
+def autocast_context(amp_dtype: torch.dtype | None, device: torch.device):
+    """A factory of the autocast context for ``amp_dtype`` (a no-op context for fp32)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=amp_dtype)
+
+
 @contextlib.contextmanager
 def _friendly_load_errors(cfg: ModelSection, what: str):
     try:

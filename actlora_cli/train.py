@@ -27,7 +27,7 @@ from .data import batch_indices, collate, encoded_split, eval_splits, shard, tas
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import evaluate_metrics
-from .modeling import load_for
+from .modeling import autocast_context, autocast_settings, load_for
 from .prefix_cache import PrefixCache, disable_prefix_dropout
 from .rank import resolve_plan
 
@@ -56,18 +56,6 @@ def lr_lambda(total_steps: int, warmup_steps: int):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
-
-
-def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, device.type == "cuda")}[
-        precision
-    ]
 
 
 class PhaseTimer:
@@ -222,7 +210,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, round(t.warmup_ratio * total_steps)))
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    autocast = autocast_context(amp_dtype, ctx.device)
 
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
