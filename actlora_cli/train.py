@@ -411,4 +411,5 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     }
     if ctx.is_main:
         summary = artifacts.write_artifact(run_dir / "train_summary.json", "train_summary", summary)
+    barrier()  # every rank ends together (see run_eval)
     return summary
