@@ -103,8 +103,9 @@ def machine_label(info: dict[str, Any]) -> str:
     return f"cpu-{info['cpu_count']}core"
 
 
-def code_identity() -> dict[str, Any]:
-    """The code measured: commit, package files changed since it, and hashes of the two files that matter."""
+def code_identity(*modules) -> dict[str, Any]:
+    """The code measured: commit, package files changed since it, and hashes of the files that matter
+    (``modules``; by default the probe's two)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -118,7 +119,7 @@ def code_identity() -> dict[str, Any]:
         "uncommitted": None if status is None else [line[3:] for line in status.splitlines()],
         "sha256_16": {
             str(Path(m.__file__).relative_to(ROOT)): file_hash(Path(m.__file__))
-            for m in (actlora_cli.scoring.activation, actlora_cli.probe)
+            for m in (modules or (actlora_cli.scoring.activation, actlora_cli.probe))
         },
     }
 

@@ -31,7 +31,6 @@ import json
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ from typing import Any
 import torch
 
 import actlora_cli.train as actlora_train
-from actlora_cli.artifacts import file_hash
 from actlora_cli.config import Config, load_config
 from actlora_cli.data import encoded_split, load_examples, task_spec
 from actlora_cli.distributed import setup
@@ -48,9 +46,9 @@ from actlora_cli.modeling import locate, resolve_source, target_suffixes
 from actlora_cli.train import run_train
 
 try:  # run as a script (benchmarks/ on sys.path) or as the module benchmarks.vs_trainer
-    from benchmarks.probe_overhead import cpu_ticks, machine_info, machine_label, others_share
+    from benchmarks.probe_overhead import code_identity, cpu_ticks, machine_info, machine_label, others_share
 except ImportError:
-    from probe_overhead import cpu_ticks, machine_info, machine_label, others_share
+    from probe_overhead import code_identity, cpu_ticks, machine_info, machine_label, others_share
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = {"cpu": 1.15, "cuda": 1.3}
@@ -300,21 +298,6 @@ def finish(r: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
 
-def code_identity() -> dict[str, Any]:
-    def git(*a: str) -> str | None:
-        try:
-            return subprocess.run(["git", *a], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--", "actlora_cli")
-    return {
-        "commit": (git("rev-parse", "HEAD") or "").strip() or None,
-        "uncommitted": None if status is None else [line[3:] for line in status.splitlines()],
-        "sha256_16": {"actlora_cli/train.py": file_hash(Path(actlora_train.__file__))},
-    }
-
-
 def versions() -> dict[str, str]:
     import accelerate
     import datasets
@@ -452,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": versions(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "code": code_identity(),
+        "code": code_identity(actlora_train),
         "settings": {
             "config": args.config, "model": base.model.name, "task": spec.name,
             "train_examples": args.examples, "eval_examples": eval_examples, "max_length": base.task.max_length,
