@@ -93,7 +93,14 @@ class Adapted:
         if self.method != "adalora" or not state:
             return
         allocator = self.model.base_model.rankallocator
-        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+        # the checkpoint is read onto the CPU; the averages must live beside their parameters again
+        devices = {n: p.device for n, p in self.model.named_parameters()}
+
+        def placed(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {n: t.to(devices.get(n, t.device)) for n, t in values.items()}
+
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
+            placed(state["ipt"]), placed(state["exp_avg_ipt"]), placed(state["exp_avg_unc"]))
         self.model.peft_config["default"].rank_pattern = state["rank_pattern"]
         with torch.no_grad():
             for name, param in self.model.named_parameters():
@@ -164,6 +171,8 @@ def peft_config(arch: Architecture, lora: LoraSection, layers: list[int], total_
         # the schedule, given as shares of the run, in steps: warm-up with the full budget, cubic pruning every
         # delta_t steps, then the final budget held fixed (peft requires tinit < total_step - tfinal)
         tinit, tfinal = round(a.tinit * total_steps), round(a.tfinal * total_steps)
+        if total_steps >= 2:
+            tfinal = max(tfinal, 1)  # the budget is fixed at step total - tfinal: with 0 it never would be
         while tinit and tinit >= total_steps - tfinal:
             tinit -= 1
         while tfinal and tinit >= total_steps - tfinal:

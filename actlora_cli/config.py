@@ -281,8 +281,10 @@ class Config(Section):
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        """Stable short hash of the resolved config (artefact provenance)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable short hash of the resolved config (artefact provenance). Where the run is written is left
+        out: a run folder that is moved, or named by another path, was still made by the same config."""
+        settings = {k: v for k, v in self.to_dict().items() if k != "output_dir"}
+        blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

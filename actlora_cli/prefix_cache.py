@@ -17,6 +17,7 @@ storage reproduces the uncached run (tests/test_prefix_cache.py).
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def _inner(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def prefix_modules(model: nn.Module, arch: Architecture, lowest: int) -> list[nn.Module]:
+def prefix_modules(model: nn.Module, arch: Architecture, lowest: int) -> list[tuple[str, nn.Module]]:
     """The backbone's modules that run before layer ``lowest``: everything of the backbone outside the stack (the
     embeddings; also modules after the stack, such as a pooler, which hold no dropout), plus layers < lowest."""
     inner = _inner(model)
@@ -49,15 +50,21 @@ def prefix_modules(model: nn.Module, arch: Architecture, lowest: int) -> list[nn
             index = name[len(stack_prefix):].split(".", 1)[0]
             if not index.isdigit() or int(index) >= lowest:
                 continue
-        out.append(module)
+        out.append((name, module))
     return out
+
+
+def trained_in_prefix(model: nn.Module, arch: Architecture, lowest: int) -> list[str]:
+    """Names of the prefix's parameters that require a gradient (none, if the prefix really is frozen)."""
+    return [f"{name}.{p_name}" for name, module in prefix_modules(model, arch, lowest)
+            for p_name, p in module.named_parameters(recurse=False) if p.requires_grad]
 
 
 def disable_prefix_dropout(model: nn.Module, arch: Architecture, lowest: int) -> int:
     """Set every dropout in the frozen prefix to zero (nn.Dropout modules and the float rates attention modules
     keep, e.g. Llama's ``attention_dropout``); returns how many were non-zero."""
     changed = 0
-    for module in prefix_modules(model, arch, lowest):
+    for _, module in prefix_modules(model, arch, lowest):
         if isinstance(module, nn.Dropout):
             changed += module.p > 0
             module.p = 0.0
@@ -103,6 +110,8 @@ class PrefixCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             np_dtype = np.float32 if dtype == torch.float32 else np.int16  # 16-bit floats travel as raw int16
             self._memmap = np.memmap(path, dtype=np_dtype, mode="w+", shape=(max(tokens, 1), hidden))
+            # the file goes when the cache does, also when the run stops on an error
+            weakref.finalize(self, path.unlink, missing_ok=True)
             raw = torch.from_numpy(self._memmap)
             self.data = raw if dtype == torch.float32 else raw.view(dtype)
         else:

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import ValidationError
 
 from . import artifacts, ui
 from .compare import compare_runs, write_report
-from .config import METHODS, Config, dump_yaml, problems_from
+from .config import METHODS, Config, problems_from
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import run_eval
 from .probe import run_probe
@@ -200,10 +201,17 @@ def next_action(cfg: Config) -> Action:
         return "eval"
     # a checkpoint carries no config hash; run_train writes config.resolved.yaml after clearing any older
     # run's checkpoints, so a checkpoint beside this config's resolved file was made under this config
-    resolved = run / "config.resolved.yaml"
-    if last_checkpoint(run / "checkpoints") is not None and resolved.is_file() and resolved.read_text() == dump_yaml(cfg):
+    if last_checkpoint(run / "checkpoints") is not None and _resolved_hash(run / "config.resolved.yaml") == cfg.hash():
         return "resume"
     return "train"
+
+
+def _resolved_hash(path: Path) -> str | None:
+    """The config hash of a run folder's config.resolved.yaml (None when missing or no longer valid)."""
+    try:
+        return Config.model_validate(yaml.safe_load(path.read_text())).hash()
+    except (OSError, yaml.YAMLError, ValidationError, TypeError):
+        return None
 
 
 def plan_sweep(base: Config, grid: Grid, out: Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import evaluate_metrics
 from .modeling import autocast_context, autocast_settings, load_for
-from .prefix_cache import PrefixCache, disable_prefix_dropout
+from .prefix_cache import PrefixCache, disable_prefix_dropout, trained_in_prefix
 from .rank import resolve_plan
 
 
@@ -194,6 +194,12 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
               "dropout_rates_zeroed": 0 if frozen_dropout else disable_prefix_dropout(model, loaded.arch, lowest)}
     cache = None
     if t.prefix_cache != "off":
+        trained = trained_in_prefix(model, loaded.arch, lowest)
+        if trained:
+            raise ConfigError([Problem(
+                "train.prefix_cache", f"the frozen prefix is not frozen: {trained[0]} is trained "
+                f"({cfg.lora.method} on layers {plan.layers}), so its output changes and cannot be cached",
+                "use a plan that leaves the embeddings and the lowest layers frozen, or train.prefix_cache=off")])
         cache_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
             t.prefix_cache_dtype, amp_dtype or torch.float32)
         cache = PrefixCache(model, loaded.arch, lowest, train_data.lengths, cache_dtype, t.prefix_cache,
@@ -318,12 +324,16 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         )
                     )
                 lr_used = optimizer.param_groups[0]["lr"]
+                stepped = True
                 if scaler is not None:
+                    scale = scaler.get_scale()
                     scaler.step(optimizer)
                     scaler.update()
+                    stepped = scaler.get_scale() >= scale  # the scale drops when inf/NaN gradients skip the step
                 else:
                     optimizer.step()
-                adapted.after_optimizer_step(step)  # needs the gradients: before zero_grad
+                if stepped:  # AdaLoRA's importance must not average in a skipped step's inf gradients
+                    adapted.after_optimizer_step(step)  # needs the gradients: before zero_grad
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 timer.mark()

@@ -290,3 +290,9 @@ def test_resolve_config_path(tmp_path):
     (tmp_path / "configs" / "bert").mkdir()
     (tmp_path / "configs" / "bert" / "sst2.yaml").write_text("")
     assert resolve_config_path("sst2.yaml") == Path("sst2.yaml")
+
+
+def test_config_hash_ignores_where_the_run_is_written():
+    a = Config.model_validate({"output_dir": "runs/a"})
+    assert a.hash() == Config.model_validate({"output_dir": "/elsewhere/b"}).hash()
+    assert a.hash() != Config.model_validate({"output_dir": "runs/a", "train": {"seed": 1}}).hash()

@@ -262,3 +262,32 @@ def test_ablation_refuses_a_run_of_another_method(tmp_path, tiny_models, tiny_ta
     train.run_train(cfg)
     with pytest.raises(ArtifactError, match="not LoRA"):
         run_ablation(cfg)
+
+
+def test_adalora_with_accumulation_equals_one_big_batch(tmp_path, tiny_task):
+    """The orthogonality term is added once per optimizer step whatever the micro-batching (a share per
+    micro-batch), and the reallocation runs once per step: grad_accum 2 gives the adapter of grad_accum 1 with
+    the same global batch (no dropout anywhere, so the two see identical computations)."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path, "bert", dropout=0.0)
+    weights = []
+    for accum in (1, 2):
+        cfg = Config.model_validate(tiny_config(
+            model, tiny_task, tmp_path / f"run{accum}", lora={"method": "adalora", "dropout": 0.0},
+            rank={"k": "all"}, train={"epochs": 2, "lr": 5e-3, "grad_accum": accum}))
+        train.run_train(cfg)
+        weights.append(load_file(str(cfg.run_dir / "adapter" / "adapter_model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5)
+
+
+def test_adalora_budget_is_always_finalised(tiny_models):
+    """tfinal = 0 would never reach peft's finalising step (step total - tfinal is past the last step)."""
+    model = load_model(ModelSection(name=str(tiny_models["bert"])), 2, torch.device("cpu"))
+    lora = LoraSection(method="adalora", adalora={"tfinal": 0.0})
+    config, settings = adapters.peft_config(locate(model), lora, [0, 1, 2, 3], total_steps=20)
+    assert settings["tfinal"] == 1 and config.tinit < 20 - config.tfinal

@@ -75,12 +75,36 @@ def test_bf16_store_stays_close_to_fp32(tmp_path, tiny_models, tiny_task):
     assert summary["frozen_prefix"]["cache"]["dtype"] == "bfloat16"
 
 
-def test_a_trained_prefix_is_refused(tmp_path, tiny_models, tiny_task):
+def test_a_trained_prefix_is_refused_before_anything_is_touched(tmp_path, tiny_models, tiny_task):
+    """Full fine-tuning of every layer trains the embeddings: refused before the run folder is cleared, so an
+    earlier run's results survive the mistake."""
+    earlier = Config.model_validate(tiny_config(
+        tiny_models["bert"], tiny_task, tmp_path / "run", rank={"k": "all"}, train={"max_steps": 2}))
+    train.run_train(earlier)
     cfg = Config.model_validate(tiny_config(
         tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": "full"}, rank={"k": "all"},
         train={"max_steps": 2, "prefix_cache": "memory"}))
-    with pytest.raises(ConfigError, match="train.prefix_cache"):
+    with pytest.raises(ConfigError, match="embeddings.*is trained"):
         train.run_train(cfg)
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last").is_dir()
+
+
+def test_disk_store_is_removed_when_the_run_fails(tmp_path, tiny_models, tiny_task, monkeypatch):
+    real, calls = train.compute_loss, {"n": 0}
+
+    def poisoned(logits, labels, regression, reduction="mean"):
+        calls["n"] += 1
+        loss = real(logits, labels, regression, reduction)
+        return loss * float("nan") if calls["n"] == 15 else loss
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(train.NonFiniteLoss):
+        _run(tmp_path, "disk", tiny_models["bert"], tiny_task, prefix_cache="disk")
+    import gc
+
+    gc.collect()
+    assert not list((tmp_path / "disk").glob("prefix_cache*"))
 
 
 def test_frozen_dropout_is_recorded_when_left_on(tmp_path, tiny_models, tiny_task):

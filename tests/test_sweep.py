@@ -238,3 +238,19 @@ def test_cli_runs_and_prints_the_summary_and_comparison(tmp_path, base_yaml):
     result, text = _invoke(*args)
     assert result.exit_code == 0, text
     assert "[4/4] movies/full-k2-seed0: done already" in text and "train, eval" not in text
+
+
+def test_a_moved_or_differently_spelled_sweep_folder_is_still_done(tmp_path, base, monkeypatch):
+    """The config hash leaves out where a run is written: the same sweep named by an absolute path, a relative
+    one, or after the folder moved, skips every finished point instead of retraining (and wiping) them."""
+    import os
+    import shutil
+
+    grid = _grid(base, k="all,2")
+    sweep.run_sweep(base, grid, tmp_path / "sweep")
+    calls = Calls(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    sweep.run_sweep(base, grid, Path("sweep"))  # relative spelling of the same folder
+    shutil.move(str(tmp_path / "sweep"), str(tmp_path / "moved"))
+    plan = sweep.run_sweep(base, grid, Path(os.path.abspath("moved")), dry_run=True)
+    assert calls.log == [] and {p["action"] for p in plan["points"]} == {"skip"}
