@@ -200,6 +200,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 "train.prefix_cache", f"the frozen prefix is not frozen: {trained[0]} is trained "
                 f"({cfg.lora.method} on layers {plan.layers}), so its output changes and cannot be cached",
                 "use a plan that leaves the embeddings and the lowest layers frozen, or train.prefix_cache=off")])
+        if lowest == 0 and ctx.is_main:
+            ui.note("[yellow]note:[/] the plan includes layer 0, so the prefix cache skips only the embeddings")
         cache_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
             t.prefix_cache_dtype, amp_dtype or torch.float32)
         cache = PrefixCache(model, loaded.arch, lowest, train_data.lengths, cache_dtype, t.prefix_cache,

@@ -42,3 +42,49 @@ def test_qlora_uses_less_memory_than_bf16(tmp_path, tiny_task, tmp_path_factory)
     torch.cuda.reset_peak_memory_stats()
     nf4 = _run(tmp_path / "nf4", model_dir, tiny_task, dtype="bfloat16", quantization="nf4")
     assert nf4["peak_memory_mib"] < bf16["peak_memory_mib"]
+
+
+def test_cuda_prefix_cache_bf16_replay_stays_close_to_recomputation(tmp_path, tiny_task, tmp_path_factory):
+    """bf16 autocast on a bf16 base: the stored states are the bf16 states the prefix computes, replayed through
+    pinned host memory; the losses follow the uncached run without prefix dropout (kernels chosen by batch
+    shape make them close, not bit-equal)."""
+    import json
+
+    from actlora_cli import artifacts
+
+    model_dir = make_tiny_model(tmp_path_factory.mktemp("gpu_c"), "bert", hidden=128)
+    losses = {}
+    for name, extra in (("plain", {"frozen_dropout": False}), ("cached", {"prefix_cache": "memory"})):
+        cfg = Config.model_validate(tiny_config(model_dir, tiny_task, tmp_path / name, model={"dtype": "bfloat16"},
+                                                rank={"k": None}, train={"epochs": 3, "precision": "bf16", **extra}))
+        artifacts.write_artifact(cfg.run_dir / "selection.json", "selection", {
+            "layers": [2, 3], "k": 2, "tau": None, "rule": "top_k", "ranking": [2, 3],
+            "cumulative_importance": [1.0, 1.0], "model": {"name": cfg.model.name}})
+        summary = train.run_train(cfg)
+        losses[name] = [json.loads(x)["loss"] for x in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert summary["frozen_prefix"]["cache"]["dtype"] == "bfloat16"
+    assert summary["frozen_prefix"]["cache"]["forwards_replayed"] > 0
+    torch.testing.assert_close(torch.tensor(losses["cached"]), torch.tensor(losses["plain"]), rtol=2e-2, atol=2e-2)
+
+
+def test_cuda_adalora_resumes_with_its_importance_on_the_device(tmp_path, tiny_task, tmp_path_factory, monkeypatch):
+    """The checkpoint is read onto the CPU; AdaLoRA's importance averages must go back to the GPU or the next
+    reallocation mixes devices."""
+    model_dir = make_tiny_model(tmp_path_factory.mktemp("gpu_a"), "bert", hidden=128)
+    cfg = Config.model_validate(tiny_config(model_dir, tiny_task, tmp_path / "run", lora={"method": "adalora"},
+                                            rank={"k": "all"}, train={"epochs": 2, "save_every": 5}))
+    real, calls = train.compute_loss, {"n": 0}
+
+    def poisoned(logits, labels, regression, reduction="mean"):
+        calls["n"] += 1
+        loss = real(logits, labels, regression, reduction)
+        return loss * float("nan") if calls["n"] == 8 else loss
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(train.NonFiniteLoss):
+        train.run_train(cfg)
+    monkeypatch.setattr(train, "compute_loss", real)
+    state = torch.load(cfg.run_dir / "checkpoints" / "last" / "state.pt", weights_only=False)
+    assert state["step"] == 5 and state["method_state"]["ipt"]  # inside the pruning phase: importance kept
+    summary = train.run_train(cfg, resume=True)
+    assert summary["steps"] == 24
