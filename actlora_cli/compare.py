@@ -241,9 +241,11 @@ def _number(value: float, spec: str) -> str:
     return format(0.0, spec) if float(text) == 0 else text  # no "-0.00"
 
 
-def _mean_pm_std(stat: dict[str, float | None], spec: str) -> str:
+def _mean_pm_std(stat: dict[str, float | None], spec: str, n: int) -> str:
     if stat["mean"] is None:
         return "n/a"
+    if n == 1:  # one seed: no spread was measured, so none is shown
+        return _number(stat["mean"], spec)
     return f"{_number(stat['mean'], spec)} ± {_number(stat['std'], spec)}"
 
 
@@ -252,13 +254,14 @@ def markdown(report: dict[str, Any]) -> str:
     groups = report["groups"]
     headers = ["group", "n", "metric", "value", *(c.header for c in CHANGES)]
     table = [
-        [g["label"], g["n"], g["metric_name"], _mean_pm_std(g["values"]["metric"], ".4f"),
-         *(_mean_pm_std(g["changes"][c.key], c.spec) for c in CHANGES)]
+        [g["label"], g["n"], g["metric_name"], _mean_pm_std(g["values"]["metric"], ".4f", g["n"]),
+         *(_mean_pm_std(g["changes"][c.key], c.spec, g["n"]) for c in CHANGES)]
         for g in groups
     ]
     runs = [[r["run"], r["group"], _text(r["seed"]), _number(r["metric"], ".4f")] for r in report["rows"]]
     intro = (
-        f"Baseline: {report['baseline_group']} (n={groups[0]['n']}). Cells are mean ± std, {report['std']}; "
+        f"Baseline: {report['baseline_group']} (n={groups[0]['n']}). Cells are mean ± std, {report['std']} "
+        "(a group of one seed shows its value alone); "
         "changes compare each run with the baseline group's mean.\n"
     )
     runs_table = markdown_table(["run", "group", "seed", "value"], runs)

@@ -186,6 +186,10 @@ def test_markdown_states_mean_std_ddof_and_n(runs):
     assert f"{np.mean(ACT['metric']):.4f} ± {np.std(ACT['metric']):.4f}" in act
     assert "| 50.0 ± 0.0 |" in act and "| 0.750 ± 0.000 |" in act
     assert sum(line.startswith("| ") and "act-k3-s" in line for line in lines) == 3  # the runs table
+    # a single run shows no spread it never measured
+    single = markdown(compare_runs(runs["act"][:1], runs["base"][0]))
+    row = next(line for line in single.splitlines() if line.startswith("| lora [1,3,5] | 1 |"))
+    assert "±" not in row and f"| {ACT['metric'][0]:.4f} |" in row
 
 
 def test_write_report_writes_json_markdown_and_valid_pngs(runs, tmp_path):
