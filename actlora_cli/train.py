@@ -288,6 +288,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 micro_batches = [to_device(collate(train_data, r), ctx.device) for r in rows]
                 timer.start()
                 loss_sum = torch.zeros((), device=ctx.device)
+                extra_sum = None  # a method's own loss term (AdaLoRA), logged apart from the task loss
                 for i, batch in enumerate(micro_batches):
                     labels = batch.pop("labels")
                     # gradient sync only on the last micro-batch of the step
@@ -298,16 +299,18 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         # sum over this rank's share, scaled so that DDP's average over ranks is the mean over
                         # the global batch whatever the shares' sizes (a per-rank mean would weight them unequally)
                         loss = compute_loss(logits, labels, spec.is_regression, "sum") * (ctx.world / len(global_batch))
+                        loss_sum += loss.detach()
                         extra = adapted.regularizer()
                         if extra is not None:
                             # once per step in all: a share per micro-batch (DDP averages it over ranks)
-                            loss = loss + extra / len(chunks)
+                            extra = extra / len(chunks)
+                            extra_sum = extra.detach() + (0 if extra_sum is None else extra_sum)
+                            loss = loss + extra
                         timer.mark()
                         if i == 0:
                             mem_fwd = timer.memory()
                         (scaler.scale(loss) if scaler else loss).backward()
                         timer.mark()
-                    loss_sum += loss.detach()
                 mem_bwd = timer.memory(peak=True)
                 if mem_bwd is not None:
                     peak_mib = max(peak_mib, mem_bwd)  # peak stats are reset each step: keep the run's maximum
@@ -316,11 +319,12 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 if t.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
                 loss_value = float(all_reduce_sum(loss_sum)) / ctx.world
-                if not math.isfinite(loss_value):
+                extra_value = None if extra_sum is None else float(extra_sum)  # the same on every rank
+                if not math.isfinite(loss_value + (extra_value or 0.0)):
                     raise NonFiniteLoss(
                         Problem(
                             f"step {step + 1}",
-                            f"the loss is {loss_value}",
+                            f"the loss is {loss_value}" + ("" if extra_value is None else f" (+ {extra_value})"),
                             f"the last good checkpoint is kept in {ckpt_dir / 'last'}; lower train.lr or use "
                             "train.precision=fp32/bf16, then `actlora train --resume`",
                         )
@@ -349,6 +353,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 samples_done += len(global_batch)
                 record = {
                     "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_value,
+                    **({} if extra_value is None else {"regularizer": extra_value}),
                     "lr": lr_used, "forward_ms": round(fwd_ms, 3), "backward_ms": round(bwd_ms, 3),
                     "optimizer_ms": round(opt_ms, 3), "samples": len(global_batch),
                     "mem_after_forward_mib": mem_fwd, "mem_peak_backward_mib": mem_bwd,

@@ -33,6 +33,9 @@ def _expected_trainable(method: str, n_layers: int) -> int | None:
         "ia3": H + H + H + FF,
         "vera": 2 * (H + 256),  # lambda_b (d) and lambda_d (r=256) per target; the projections are frozen buffers
         "loha": 2 * 2 * (H * R + R * H),  # two Hadamard factors, each a rank-r pair
+        # LoKr: 32 = 4 x 8 on both sides, W = w1 (4 x 4) kron w2 (8 x 8); r=8 is at least half of 8, so peft keeps
+        # w2 whole rather than as a rank-r pair
+        "lokr": 2 * (4 * 4 + 8 * 8),
     }
     if method == "full":
         return None
@@ -176,6 +179,9 @@ def test_adalora_schedule_scaled_to_the_run_and_reallocated_every_step(tmp_path,
     summary = train.run_train(cfg)
     total = summary["steps"]
     assert total == 24 and steps_seen == list(range(total))
+    # the orthogonality term is logged beside the task loss, not folded into it
+    log = [json.loads(x) for x in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["regularizer"] > 0 for r in log)
     saved = json.loads((cfg.run_dir / "adapter" / "adapter_config.json").read_text())
     # shares of the run (defaults 0.1 / 0.3 / 0.01) in steps
     assert (saved["tinit"], saved["tfinal"], saved["deltaT"], saved["total_step"]) == (2, 7, 1, 24)
