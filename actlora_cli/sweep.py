@@ -72,10 +72,11 @@ class Point:
 # The grid from the command line's comma-separated lists
 
 
-def _values(text: str | None, flag: str, default: Any, example: str) -> list[str]:
+def _values(text: str | None, flag: str, default: Any, example: str, why: str = "") -> list[str]:
     if text is None:
         if default is None:
-            raise ConfigError([Problem(flag, "not given, and the config sets no value for it", f"e.g. {flag} {example}")])
+            what = why or "not given, and the config sets no value for it"
+            raise ConfigError([Problem(flag, what, f"e.g. {flag} {example}")])
         return [str(default)]
     values = [part.strip() for part in text.split(",") if part.strip()]
     if not values:
@@ -105,8 +106,10 @@ def parse_grid(
         ("--seeds", seeds, base.train.seed, "0,1,2", int),
         ("--tasks", tasks, base.task.name, "movies,tweets", str),
     ):
+        why = ("not given; the config chooses k by rank.tau, which a sweep does not vary"
+               if flag == "--k" and base.rank.tau is not None else "")
         try:
-            raw = _values(text, flag, default, example)
+            raw = _values(text, flag, default, example, why)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
@@ -337,7 +340,7 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
             else:
                 ui.note(f"probe {task}: reusing {cfg.run_dir / 'scores.json'}")
                 doc = artifacts.read_artifact(cfg.run_dir / "scores.json", "scores")
-            _check_k(points, doc, task)
+        _check_k(points, doc, task)  # after the probe's step: the probe itself succeeded
         scores[task] = cfg.run_dir / "scores.json"
 
     for i, (point, action, entry) in enumerate(zip(points, plan["actions"], manifest.doc["points"]), 1):

@@ -179,6 +179,7 @@ def test_k_beyond_the_layers_stops_after_the_probe_before_training(tmp_path, bas
     with pytest.raises(ConfigError, match="k=9 but .* has 4 layers"):
         sweep.run_sweep(base, _grid(base, k="all,9"), tmp_path / "sweep")
     assert calls.count("run_probe") == 1 and calls.count("run_train") == 0
+    assert _manifest(tmp_path / "sweep")["probes"]["movies"]["status"] == "done"  # the probe itself worked
 
 
 def _invoke(*args):
@@ -206,6 +207,8 @@ def base_yaml(tmp_path, base) -> str:
         # only the custom task's points are invalid: still refused before the first point runs
         (["--tasks", "movies,custom"], "task", "a custom task needs task.files"),
         (["--set", "train.lr=-1"], "train.lr", "greater than 0"),
+        # a config that picks k by tau: the sweep varies k only, and says so
+        (["--set", "rank.k=null", "--set", "rank.tau=0.5"], "--k", "chooses k by rank.tau"),
     ],
 )
 def test_bad_grid_exits_2_naming_the_flag_and_writes_nothing(tmp_path, base_yaml, monkeypatch, flags, named, says):
