@@ -257,3 +257,31 @@ def test_a_moved_or_differently_spelled_sweep_folder_is_still_done(tmp_path, bas
     shutil.move(str(tmp_path / "sweep"), str(tmp_path / "moved"))
     plan = sweep.run_sweep(base, grid, Path(os.path.abspath("moved")), dry_run=True)
     assert calls.log == [] and {p["action"] for p in plan["points"]} == {"skip"}
+
+
+def test_a_point_that_failed_mid_training_resumes_from_its_checkpoint(tmp_path, base, monkeypatch):
+    """A real mid-run stop (a NaN at step 5, checkpoint kept at step 4): the rerun resumes that point from its
+    checkpoint, finishes its 6 steps and evaluates, instead of starting it afresh."""
+    from actlora_cli import train
+
+    cfg = base.model_copy(update={"train": base.train.model_copy(update={"max_steps": None, "save_every": 2})})
+    grid = _grid(cfg, k="all")
+    real, calls = train.compute_loss, {"n": 0}
+
+    def poisoned(logits, labels, regression, reduction="mean"):
+        calls["n"] += 1
+        loss = real(logits, labels, regression, reduction)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(train.NonFiniteLoss):
+        sweep.run_sweep(cfg, grid, tmp_path / "sweep")
+    monkeypatch.setattr(train, "compute_loss", real)
+    assert [p["status"] for p in _manifest(tmp_path / "sweep")["points"]] == ["failed"]
+    assert sweep.run_sweep(cfg, grid, tmp_path / "sweep", dry_run=True)["points"][0]["action"] == "resume"
+    stages = Calls(monkeypatch)
+    sweep.run_sweep(cfg, grid, tmp_path / "sweep")
+    assert stages.log == [("run_train", "lora-kall-seed0", True), ("run_eval", "lora-kall-seed0", False)]
+    run = tmp_path / "sweep" / "movies" / "lora-kall-seed0"
+    steps = [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 4 from before the stop, then 5 and 6 after the resume
