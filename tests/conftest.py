@@ -81,3 +81,19 @@ def tiny_config(model_dir: Path, task_files: dict[str, str], run_dir: Path, **se
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values) if isinstance(values, dict) else cfg.__setitem__(name, values)
     return cfg
+
+
+def poison_loss(monkeypatch, at_call: int):
+    """Make the training loop's loss NaN at the ``at_call``-th loss computation (a NaN stop mid-run, after
+    the last checkpoint); returns the real compute_loss, to put back before resuming."""
+    from actlora_cli import train
+
+    real, calls = train.compute_loss, {"n": 0}
+
+    def poisoned(logits, labels, regression, reduction="mean"):
+        calls["n"] += 1
+        loss = real(logits, labels, regression, reduction)
+        return loss * float("nan") if calls["n"] == at_call else loss
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    return real

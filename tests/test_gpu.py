@@ -8,7 +8,7 @@ import torch
 
 from actlora_cli import train
 from actlora_cli.config import Config
-from tests.conftest import make_tiny_model, tiny_config
+from tests.conftest import make_tiny_model, poison_loss, tiny_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -73,14 +73,7 @@ def test_cuda_adalora_resumes_with_its_importance_on_the_device(tmp_path, tiny_t
     model_dir = make_tiny_model(tmp_path_factory.mktemp("gpu_a"), "bert", hidden=128)
     cfg = Config.model_validate(tiny_config(model_dir, tiny_task, tmp_path / "run", lora={"method": "adalora"},
                                             rank={"k": "all"}, train={"epochs": 2, "save_every": 5}))
-    real, calls = train.compute_loss, {"n": 0}
-
-    def poisoned(logits, labels, regression, reduction="mean"):
-        calls["n"] += 1
-        loss = real(logits, labels, regression, reduction)
-        return loss * float("nan") if calls["n"] == 8 else loss
-
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    real = poison_loss(monkeypatch, at_call=8)
     with pytest.raises(train.NonFiniteLoss):
         train.run_train(cfg)
     monkeypatch.setattr(train, "compute_loss", real)

@@ -17,7 +17,7 @@ from actlora_cli.cli import app
 from actlora_cli.config import METHODS, Config, LoraSection, ModelSection
 from actlora_cli.distributed import Dist
 from actlora_cli.modeling import load_model, locate
-from tests.conftest import NUM_LAYERS, tiny_config
+from tests.conftest import NUM_LAYERS, poison_loss, tiny_config
 from tests.test_train import _grad_reach, _write_selection
 
 H, FF, R, HEAD = 32, 64, 8, 32 * 2 + 2  # tiny BERT: hidden, intermediate, LoRA rank, classifier weights
@@ -217,14 +217,7 @@ def test_adalora_resume_after_nan_matches_uninterrupted(tmp_path, tiny_models, t
     full = _adalora_cfg(tmp_path / "a", tiny_models, tiny_task, save_every=5)
     train.run_train(full)
     broken = _adalora_cfg(tmp_path / "b", tiny_models, tiny_task, save_every=5)
-    real_loss, calls = train.compute_loss, {"n": 0}
-
-    def poisoned(logits, labels, regression, reduction="mean"):
-        calls["n"] += 1
-        loss = real_loss(logits, labels, regression, reduction)
-        return loss * float("nan") if calls["n"] == 13 else loss
-
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    real_loss = poison_loss(monkeypatch, at_call=13)
     with pytest.raises(train.NonFiniteLoss):
         train.run_train(broken)
     monkeypatch.setattr(train, "compute_loss", real_loss)

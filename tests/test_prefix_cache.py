@@ -12,7 +12,7 @@ import torch
 from actlora_cli import train
 from actlora_cli.config import Config
 from actlora_cli.errors import ConfigError
-from tests.conftest import tiny_config
+from tests.conftest import poison_loss, tiny_config
 from tests.test_train import _write_selection
 
 
@@ -91,14 +91,7 @@ def test_a_trained_prefix_is_refused_before_anything_is_touched(tmp_path, tiny_m
 
 
 def test_disk_store_is_removed_when_the_run_fails(tmp_path, tiny_models, tiny_task, monkeypatch):
-    real, calls = train.compute_loss, {"n": 0}
-
-    def poisoned(logits, labels, regression, reduction="mean"):
-        calls["n"] += 1
-        loss = real(logits, labels, regression, reduction)
-        return loss * float("nan") if calls["n"] == 15 else loss
-
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    poison_loss(monkeypatch, at_call=15)
     with pytest.raises(train.NonFiniteLoss):
         _run(tmp_path, "disk", tiny_models["bert"], tiny_task, prefix_cache="disk")
     import gc

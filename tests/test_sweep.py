@@ -16,7 +16,7 @@ from actlora_cli.cli import app
 from actlora_cli.config import Config
 from actlora_cli.errors import ConfigError
 from actlora_cli.synthetic import write_task
-from tests.conftest import tiny_config
+from tests.conftest import poison_loss, tiny_config
 
 runner = CliRunner()
 
@@ -266,14 +266,7 @@ def test_a_point_that_failed_mid_training_resumes_from_its_checkpoint(tmp_path, 
 
     cfg = base.model_copy(update={"train": base.train.model_copy(update={"max_steps": None, "save_every": 2})})
     grid = _grid(cfg, k="all")
-    real, calls = train.compute_loss, {"n": 0}
-
-    def poisoned(logits, labels, regression, reduction="mean"):
-        calls["n"] += 1
-        loss = real(logits, labels, regression, reduction)
-        return loss * float("nan") if calls["n"] == 5 else loss
-
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    real = poison_loss(monkeypatch, at_call=5)
     with pytest.raises(train.NonFiniteLoss):
         sweep.run_sweep(cfg, grid, tmp_path / "sweep")
     monkeypatch.setattr(train, "compute_loss", real)

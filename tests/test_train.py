@@ -13,7 +13,7 @@ from actlora_cli import adapters, train
 from actlora_cli.cli import app
 from actlora_cli.config import Config, LoraSection, ModelSection, load_config
 from actlora_cli.modeling import load_model, locate
-from tests.conftest import NUM_LAYERS, tiny_config
+from tests.conftest import NUM_LAYERS, poison_loss, tiny_config
 
 HIDDEN = 32
 
@@ -138,14 +138,7 @@ def test_nan_stops_with_checkpoint_then_resume_matches_uninterrupted(tmp_path, t
     train.run_train(full)
 
     broken = _cfg(tmp_path / "b", tiny_models, tiny_task, **sections)
-    real_loss, calls = train.compute_loss, {"n": 0}
-
-    def poisoned(logits, labels, regression, reduction="mean"):
-        calls["n"] += 1
-        loss = real_loss(logits, labels, regression, reduction)
-        return loss * float("nan") if calls["n"] == 8 else loss
-
-    monkeypatch.setattr(train, "compute_loss", poisoned)
+    real_loss = poison_loss(monkeypatch, at_call=8)
     with pytest.raises(train.NonFiniteLoss) as info:
         train.run_train(broken)
     assert "step 8" in str(info.value) and "--resume" in str(info.value)
