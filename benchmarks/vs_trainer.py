@@ -141,18 +141,24 @@ def tidy() -> None:
         torch.cuda.empty_cache()
 
 
+def timed(fn, seconds: list[float]):
+    """``fn``, appending the seconds of each call to ``seconds`` (the epoch-end evaluations of both stacks)."""
+
+    def wrapper(*a, **k):
+        start = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    return wrapper
+
+
 def run_ours(cfg: Config) -> dict[str, Any]:
     """``run_train`` as ``actlora train`` calls it, with a clock around its epoch-end evaluations."""
     eval_seconds: list[float] = []
     original = actlora_train.evaluate_metrics
-
-    def timed_evaluate(*a, **k):
-        start = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            eval_seconds.append(time.perf_counter() - start)
-
+    timed_evaluate = timed(original, eval_seconds)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
     ticks = cpu_ticks()
     start = time.perf_counter()
@@ -254,16 +260,7 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         compute_metrics=accuracy, callbacks=[LoopClock()],
     )
     eval_seconds: list[float] = []
-    original = trainer.evaluate
-
-    def timed_evaluate(*a, **k):
-        start = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            eval_seconds.append(time.perf_counter() - start)
-
-    trainer.evaluate = timed_evaluate
+    trainer.evaluate = timed(trainer.evaluate, eval_seconds)
     shutil.rmtree(work, ignore_errors=True)
     ticks = cpu_ticks()
     start = time.perf_counter()
