@@ -26,6 +26,8 @@ app = typer.Typer(
         "Stages share one YAML config and pass JSON files through the run folder (output_dir):\n\n"
         "  actlora probe --config configs/minilm_movies.yaml        -> scores.json\n\n"
         "  actlora rank  --config configs/minilm_movies.yaml --k 3  -> selection.json\n\n"
+        "  actlora train --config configs/minilm_movies.yaml        -> adapter/, train_summary.json\n\n"
+        "  actlora eval  --config configs/minilm_movies.yaml        -> eval.json\n\n"
         "Without --config, $ACTLORA_CONFIG or the built-in offline default (packaged MiniLM on movie sentences) is used."
     ),
     no_args_is_help=True,
@@ -125,7 +127,7 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-@app.command()
+@app.command(short_help="Score every layer over S probe batches -> <run>/scores.json.")
 def probe(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -166,7 +168,7 @@ def probe(
         )
 
 
-@app.command()
+@app.command(short_help="Choose the layers (top-k or tau) -> <run>/selection.json.")
 def rank(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -200,7 +202,7 @@ def rank(
         )
 
 
-@app.command()
+@app.command(short_help="Train lora.method on the layer plan -> <run>/adapter/, train_summary.json.")
 def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -249,14 +251,14 @@ def train(
             ui.out.print(f"adapter -> {cfg.run_dir / 'adapter'}")
 
 
-@app.command("eval")
+@app.command("eval", short_help="Metrics, latency and throughput of the trained run -> <run>/eval.json.")
 def eval_(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     output_dir: OutputOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Evaluate <run>/adapter on the task's validation split(s): the GLUE metric(s), and latency (ms per
+    """Evaluate the trained run (<run>/adapter, or <run>/model for full fine-tuning) on the task's validation split(s): the GLUE metric(s), and latency (ms per
     example, p50/p90) and throughput at the eval batch size, adapters unmerged and merged. Writes eval.json."""
     with _handled(debug):
         cfg = _config(config, set_, {"output_dir": output_dir})
@@ -285,7 +287,7 @@ def eval_(
             ui.out.print(f"-> {cfg.run_dir / 'eval.json'}")
 
 
-@app.command()
+@app.command(short_help="Runs against a baseline, Table 5's columns, seeds as mean ± std.")
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders to compare (each with train_summary.json, eval.json "
                                                     "and config.resolved.yaml).")],
@@ -309,7 +311,7 @@ def compare(
         sys.stdout.write(text)  # raw Markdown: no console wrapping, pipeline-friendly
 
 
-@app.command()
+@app.command(short_help="Metric drop with each layer's adapters switched off -> <run>/ablation.json.")
 def ablate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -339,7 +341,7 @@ def ablate(
         ui.out.print(table)
 
 
-@app.command()
+@app.command(short_help="A grid of methods x k x seeds x tasks, resumable, one run folder per point.")
 def sweep(
     out: Annotated[Path, typer.Option("--out", help="Sweep folder: <out>/<task>/<method>-k<k>-seed<s>/ per point, "
                                                    "<out>/<task>/probe/, <out>/sweep.json.")],
@@ -505,7 +507,7 @@ def data_fetch(
         ui.out.print(table)
 
 
-@app.command("config")
+@app.command("config", short_help="Validate a config and print it resolved.")
 def show_config(
     config: ConfigOpt = None,
     set_: SetOpt = None,
