@@ -258,8 +258,9 @@ def eval_(
     output_dir: OutputOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Evaluate the trained run (<run>/adapter, or <run>/model for full fine-tuning) on the task's validation split(s): the GLUE metric(s), and latency (ms per
-    example, p50/p90) and throughput at the eval batch size, adapters unmerged and merged. Writes eval.json."""
+    """Evaluate the trained run (<run>/adapter, or <run>/model for full fine-tuning) on the task's validation
+    split(s): the GLUE metric(s), and latency (ms per example, p50/p90) and throughput at the eval batch size,
+    adapters unmerged and merged. Writes eval.json."""
     with _handled(debug):
         cfg = _config(config, set_, {"output_dir": output_dir})
         _quiet_libraries()
