@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,6 @@ from torch import nn
 from .config import LoraSection
 from .errors import ModelError, Problem
 from .modeling import Architecture, target_suffixes
-
-PEFT_METHODS = ("lora", "adalora", "ia3", "vera", "lokr", "loha")
 
 
 @dataclass
@@ -46,7 +45,17 @@ class Adapted:
         only when labels go through the model's forward, which this loop does not do)."""
         if self.method != "adalora":
             return None
-        return self.settings["orth_reg_weight"] * adalora_orthogonality(self.model)
+        return self.settings["orth_reg_weight"] * adalora_orthogonality(self._orthogonal_factors)
+
+    @cached_property
+    def _orthogonal_factors(self) -> list[tuple[str, nn.Parameter]]:
+        """AdaLoRA's P (lora_A) and Q (lora_B) weights, found once rather than by name at every step."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and ("lora_A" in n or "lora_B" in n)]
+
+    @property
+    def has_step_hook(self) -> bool:
+        """Whether ``after_optimizer_step`` does anything (the loop then checks the step was really taken)."""
+        return self.method == "adalora"
 
     def after_optimizer_step(self, step: int) -> None:
         """AdaLoRA: update importance and reallocate the rank budget (every step, after optimizer.step and before
@@ -258,17 +267,16 @@ def upcast_trainable(model: nn.Module) -> None:
             param.data = param.data.float()
 
 
-def adalora_orthogonality(model: nn.Module) -> torch.Tensor:
-    """AdaLoRA's regulariser, as peft's AdaLoraModel.forward computes it: the mean over adapted matrices of
-    ||P^T P - I||_F (lora_A: P P^T) and ||Q Q^T - I||_F (lora_B: Q^T Q)."""
+def adalora_orthogonality(factors: list[tuple[str, nn.Parameter]]) -> torch.Tensor:
+    """AdaLoRA's regulariser, as peft's AdaLoraModel.forward computes it: the mean over the adapted matrices'
+    factors (name, weight) of ||P P^T - I||_F (lora_A) and ||Q^T Q - I||_F (lora_B)."""
     total, count = None, 0
-    for name, param in model.named_parameters():
-        if param.requires_grad and ("lora_A" in name or "lora_B" in name):
-            cov = param @ param.T if "lora_A" in name else param.T @ param
-            eye = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
-            term = torch.linalg.matrix_norm(cov - eye, ord="fro")
-            total = term if total is None else total + term
-            count += 1
+    for name, param in factors:
+        cov = param @ param.T if "lora_A" in name else param.T @ param
+        eye = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
+        term = torch.linalg.matrix_norm(cov - eye, ord="fro")
+        total = term if total is None else total + term
+        count += 1
     if total is None:
         raise ModelError(Problem("lora.method", "AdaLoRA found no lora_A/lora_B weights to regularise", ""))
     return total / count

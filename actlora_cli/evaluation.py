@@ -118,7 +118,7 @@ def load_trained(cfg: Config, num_labels: int, ctx: Dist):
                                         f"the config says {cfg.lora.method}", "evaluate with the training config"))
     if full:
         tuned = cfg.model.model_copy(update={"name": str(weights), "revision": None, "random_init": False})
-        loaded = load_for(cfg.model.model_copy(update={"random_init": False}), num_labels, ctx.device, model_cfg=tuned)
+        loaded = load_for(cfg.model, num_labels, ctx.device, model_cfg=tuned)  # the base's tokenizer
         return loaded, loaded.model.eval()
     loaded = load_for(cfg.model, num_labels, ctx.device)
     with warnings.catch_warnings():

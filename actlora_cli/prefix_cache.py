@@ -17,6 +17,7 @@ storage reproduces the uncached run (tests/test_prefix_cache.py).
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, Problem
 from .modeling import Architecture
 
 
@@ -99,11 +99,10 @@ class PrefixCache:
         self, model: nn.Module, arch: Architecture, lowest: int, lengths: list[int], dtype: torch.dtype,
         store: str = "memory", path: Path | None = None, pin: bool = False,
     ):
-        self.arch, self.lowest, self.dtype = arch, lowest, dtype
-        self.lengths = torch.tensor(lengths, dtype=torch.long)
-        self.offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
-        self.offsets[1:] = torch.cumsum(self.lengths, 0)
-        tokens, hidden = int(self.offsets[-1]), arch.hidden_size
+        self.lowest, self.dtype, self.pin = lowest, dtype, pin
+        self.lengths = list(lengths)
+        self.offsets = [0, *itertools.accumulate(self.lengths)]  # plain ints: read per row on the hot path
+        tokens, hidden = self.offsets[-1], arch.hidden_size
         self.path = path if store == "disk" else None
         if store == "disk":
             assert path is not None
@@ -142,15 +141,12 @@ class PrefixCache:
     def _record(self, indices: list[int]):
         def capture(_module, args, kwargs):
             hidden = _hidden_arg(args, kwargs)
-            if hidden.requires_grad:
-                raise ConfigError([Problem(
-                    "train.prefix_cache", f"the layers below layer {self.lowest} are being trained (their output "
-                    "needs a gradient), so their output changes and cannot be cached",
-                    "use a plan that leaves the prefix frozen, or train.prefix_cache=off")])
+            # run_train refuses a trained prefix up front (trained_in_prefix); this would be a bug
+            assert not hidden.requires_grad, "the cached prefix is being trained"
             rows = hidden.detach().to("cpu", self.dtype)
             for row, i in enumerate(indices):
                 if not self.filled[i]:
-                    start, n = int(self.offsets[i]), int(self.lengths[i])
+                    start, n = self.offsets[i], self.lengths[i]
                     self.data[start:start + n] = rows[row, :n]
                     self.filled[i] = True
 
@@ -172,9 +168,9 @@ class PrefixCache:
         def inject(_module, args, kwargs):
             hidden = _hidden_arg(args, kwargs)
             batch = torch.zeros((len(indices), hidden.shape[1], hidden.shape[2]), dtype=self.dtype,
-                                pin_memory=self.data.is_pinned())
+                                pin_memory=self.pin)
             for row, i in enumerate(indices):
-                start, n = int(self.offsets[i]), int(self.lengths[i])
+                start, n = self.offsets[i], self.lengths[i]
                 batch[row, :n] = self.data[start:start + n]
             replayed = batch.to(hidden.device, hidden.dtype, non_blocking=True)
             if args:

@@ -288,7 +288,7 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 micro_batches = [to_device(collate(train_data, r), ctx.device) for r in rows]
                 timer.start()
                 loss_sum = torch.zeros((), device=ctx.device)
-                extra_sum = None  # a method's own loss term (AdaLoRA), logged apart from the task loss
+                extra = None  # a method's own loss term (AdaLoRA), logged apart from the task loss
                 for i, batch in enumerate(micro_batches):
                     labels = batch.pop("labels")
                     # gradient sync only on the last micro-batch of the step
@@ -300,12 +300,11 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         # the global batch whatever the shares' sizes (a per-rank mean would weight them unequally)
                         loss = compute_loss(logits, labels, spec.is_regression, "sum") * (ctx.world / len(global_batch))
                         loss_sum += loss.detach()
-                        extra = adapted.regularizer()
-                        if extra is not None:
-                            # once per step in all: a share per micro-batch (DDP averages it over ranks)
-                            extra = extra / len(chunks)
-                            extra_sum = extra.detach() + (0 if extra_sum is None else extra_sum)
-                            loss = loss + extra
+                        if i == len(chunks) - 1:
+                            # once per step, with the last micro-batch (DDP averages it over ranks: the same term)
+                            extra = adapted.regularizer()
+                            if extra is not None:
+                                loss = loss + extra
                         timer.mark()
                         if i == 0:
                             mem_fwd = timer.memory()
@@ -318,8 +317,11 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                     scaler.unscale_(optimizer)
                 if t.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                loss_value = float(all_reduce_sum(loss_sum)) / ctx.world
-                extra_value = None if extra_sum is None else float(extra_sum)  # the same on every rank
+                # one host sync for both: the task loss summed over ranks, the method's term (the same on each)
+                if extra is None:
+                    loss_value, extra_value = float(all_reduce_sum(loss_sum)) / ctx.world, None
+                else:
+                    loss_value, extra_value = torch.stack([all_reduce_sum(loss_sum) / ctx.world, extra.detach()]).tolist()
                 if not math.isfinite(loss_value + (extra_value or 0.0)):
                     raise NonFiniteLoss(
                         Problem(
@@ -332,10 +334,11 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 lr_used = optimizer.param_groups[0]["lr"]
                 stepped = True
                 if scaler is not None:
-                    scale = scaler.get_scale()
+                    # reading the scale syncs the host: only when a method's step hook needs to know
+                    scale = scaler.get_scale() if adapted.has_step_hook else None
                     scaler.step(optimizer)
                     scaler.update()
-                    stepped = scaler.get_scale() >= scale  # the scale drops when inf/NaN gradients skip the step
+                    stepped = scale is None or scaler.get_scale() >= scale  # it drops when inf grads skip the step
                 else:
                     optimizer.step()
                 if stepped:  # AdaLoRA's importance must not average in a skipped step's inf gradients

@@ -50,16 +50,14 @@ def test_cuda_prefix_cache_bf16_replay_stays_close_to_recomputation(tmp_path, ti
     shape make them close, not bit-equal)."""
     import json
 
-    from actlora_cli import artifacts
+    from tests.test_train import _write_selection
 
     model_dir = make_tiny_model(tmp_path_factory.mktemp("gpu_c"), "bert", hidden=128)
     losses = {}
     for name, extra in (("plain", {"frozen_dropout": False}), ("cached", {"prefix_cache": "memory"})):
         cfg = Config.model_validate(tiny_config(model_dir, tiny_task, tmp_path / name, model={"dtype": "bfloat16"},
                                                 rank={"k": None}, train={"epochs": 3, "precision": "bf16", **extra}))
-        artifacts.write_artifact(cfg.run_dir / "selection.json", "selection", {
-            "layers": [2, 3], "k": 2, "tau": None, "rule": "top_k", "ranking": [2, 3],
-            "cumulative_importance": [1.0, 1.0], "model": {"name": cfg.model.name}})
+        _write_selection(cfg, [2, 3])
         summary = train.run_train(cfg)
         losses[name] = [json.loads(x)["loss"] for x in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
     assert summary["frozen_prefix"]["cache"]["dtype"] == "bfloat16"
