@@ -55,14 +55,24 @@ def run_ablation(cfg: Config, mode: str = "adapter") -> dict[str, Any]:
     spec = task_spec(cfg.task)
     loaded, model = load_trained(cfg, spec.num_labels, ctx)
     arch = loaded.arch
-    summary = artifacts.read_artifact(cfg.run_dir / "train_summary.json", "train_summary", model_name=cfg.model.name)
+    summary = artifacts.read_artifact(
+        cfg.run_dir / "train_summary.json", "train_summary", model_name=cfg.model.name
+    )
     if summary.get("method", "lora") != "lora":
-        raise ArtifactError(Problem(str(cfg.run_dir), f"the run trained {summary['method']}, not LoRA",
-                                    "ablation switches LoRA adapters off: train with lora.method=lora"))
+        raise ArtifactError(
+            Problem(
+                str(cfg.run_dir),
+                f"the run trained {summary['method']}, not LoRA",
+                "ablation switches LoRA adapters off: train with lora.method=lora",
+            )
+        )
     if summary["plan"]["layers"] != list(range(arch.num_layers)):
         raise ArtifactError(
-            Problem(str(cfg.run_dir), f"the adapter covers layers {summary['plan']['layers']}, not every layer",
-                    "ablation needs LoRA on all layers: actlora train --k all (into its own output_dir)")
+            Problem(
+                str(cfg.run_dir),
+                f"the adapter covers layers {summary['plan']['layers']}, not every layer",
+                "ablation needs LoRA on all layers: actlora train --k all (into its own output_dir)",
+            )
         )
     split = eval_splits(cfg.task, spec)[0]
     data = encoded_split(loaded.tokenizer, cfg.task, spec, split)
@@ -71,8 +81,13 @@ def run_ablation(cfg: Config, mode: str = "adapter") -> dict[str, Any]:
     full = evaluate_metrics(model, data, spec, batch, ctx)[metric]
     targets = [t for t in cfg.lora.targets if t in arch.projections]
     if not targets:
-        raise ArtifactError(Problem("lora.targets", f"no logical projection among {cfg.lora.targets}",
-                                    "ablation switches off q, k, v or o projections"))
+        raise ArtifactError(
+            Problem(
+                "lora.targets",
+                f"no logical projection among {cfg.lora.targets}",
+                "ablation switches off q, k, v or o projections",
+            )
+        )
     parts = {**{t: [t] for t in targets}, "both": targets}
     drops: dict[str, list[float]] = {p: [] for p in parts}
     with ui.progress("ablation", arch.num_layers * len(parts)) as advance:

@@ -31,7 +31,9 @@ class Adapted:
     model: nn.Module
     method: str
     layers: list[int]
-    settings: dict[str, Any] = field(default_factory=dict)  # what was derived from the run (AdaLoRA's schedule)
+    settings: dict[str, Any] = field(
+        default_factory=dict
+    )  # what was derived from the run (AdaLoRA's schedule)
 
     @property
     def weights_dir(self) -> str:
@@ -50,7 +52,11 @@ class Adapted:
     @cached_property
     def _orthogonal_factors(self) -> list[tuple[str, nn.Parameter]]:
         """AdaLoRA's P (lora_A) and Q (lora_B) weights, found once rather than by name at every step."""
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and ("lora_A" in n or "lora_B" in n)]
+        return [
+            (n, p)
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and ("lora_A" in n or "lora_B" in n)
+        ]
 
     @property
     def has_step_hook(self) -> bool:
@@ -73,14 +79,24 @@ class Adapted:
         if self.method == "full":
             state: dict[str, torch.Tensor] = {}
             index = folder / "model.safetensors.index.json"
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+            files = (
+                sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                if index.is_file()
+                else ["model.safetensors"]
+            )
             for name in files:
                 state.update(load_file(str(folder / name)))
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
             if unexpected or [k for k in missing if k not in tied and not k.endswith(tuple(tied))]:
-                raise ModelError(Problem(str(folder), f"checkpoint does not fit the model (missing {missing[:3]}, "
-                                         f"unexpected {unexpected[:3]})", "drop --resume to start afresh"))
+                raise ModelError(
+                    Problem(
+                        str(folder),
+                        f"checkpoint does not fit the model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})",
+                        "drop --resume to start afresh",
+                    )
+                )
             return
         if self.method == "adalora":
             return  # its saved adapter is cut down to the rank pattern; the full-size weights are in extra_state
@@ -95,8 +111,13 @@ class Adapted:
         allocator = self.model.base_model.rankallocator
         config = self.model.peft_config["default"]
         trainable = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
-                "rank_pattern": config.rank_pattern, "trainable": trainable}
+        return {
+            "ipt": allocator.ipt,
+            "exp_avg_ipt": allocator.exp_avg_ipt,
+            "exp_avg_unc": allocator.exp_avg_unc,
+            "rank_pattern": config.rank_pattern,
+            "trainable": trainable,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.method != "adalora" or not state:
@@ -109,7 +130,10 @@ class Adapted:
             return {n: t.to(devices.get(n, t.device)) for n, t in values.items()}
 
         allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
-            placed(state["ipt"]), placed(state["exp_avg_ipt"]), placed(state["exp_avg_unc"]))
+            placed(state["ipt"]),
+            placed(state["exp_avg_ipt"]),
+            placed(state["exp_avg_unc"]),
+        )
         self.model.peft_config["default"].rank_pattern = state["rank_pattern"]
         with torch.no_grad():
             for name, param in self.model.named_parameters():
@@ -147,7 +171,9 @@ def apply_method(
         try:
             wrapped = get_peft_model(model, config)
         except ValueError as err:  # e.g. a method peft cannot put on a 4-bit layer
-            raise ModelError(Problem("lora.method", f"peft cannot apply {lora.method} here: {err}", "")) from None
+            raise ModelError(
+                Problem("lora.method", f"peft cannot apply {lora.method} here: {err}", "")
+            ) from None
         adapted = Adapted(wrapped, lora.method, layers, settings)
     upcast_trainable(adapted.model)
     return adapted
@@ -186,15 +212,28 @@ def peft_config(arch: Architecture, lora: LoraSection, layers: list[int], total_
             tinit -= 1
         while tfinal and tinit >= total_steps - tfinal:
             tfinal -= 1
-        settings = {"tinit": tinit, "tfinal": tfinal, "deltaT": max(1, round(a.delta_t * total_steps)),
-                    "total_step": total_steps, "orth_reg_weight": a.orth_reg_weight}
+        settings = {
+            "tinit": tinit,
+            "tfinal": tfinal,
+            "deltaT": max(1, round(a.delta_t * total_steps)),
+            "total_step": total_steps,
+            "orth_reg_weight": a.orth_reg_weight,
+        }
         config = AdaLoraConfig(
-            init_r=a.init_r, target_r=a.target_r, beta1=a.beta1, beta2=a.beta2, lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout, **settings, **placement,
+            init_r=a.init_r,
+            target_r=a.target_r,
+            beta1=a.beta1,
+            beta2=a.beta2,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            **settings,
+            **placement,
         )
         return config, settings
     if method == "vera":
-        return VeraConfig(r=lora.vera.r, d_initial=lora.vera.d_initial, vera_dropout=lora.dropout, **placement), settings
+        return VeraConfig(
+            r=lora.vera.r, d_initial=lora.vera.d_initial, vera_dropout=lora.dropout, **placement
+        ), settings
     if method == "lokr":
         return LoKrConfig(r=lora.r, alpha=lora.alpha, **placement), settings
     if method == "loha":
@@ -203,10 +242,14 @@ def peft_config(arch: Architecture, lora: LoraSection, layers: list[int], total_
         targets, feedforward = ia3_targets(arch, lora)
         settings = {"targets": targets, "feedforward": feedforward}
         if every:
-            return IA3Config(target_modules=targets, feedforward_modules=feedforward,
-                             modules_to_save=placement["modules_to_save"]), settings
+            return IA3Config(
+                target_modules=targets,
+                feedforward_modules=feedforward,
+                modules_to_save=placement["modules_to_save"],
+            ), settings
         return IA3Config(
-            target_modules=_layer_regex(arch, layers, targets), feedforward_modules=_layer_regex(arch, layers, feedforward),
+            target_modules=_layer_regex(arch, layers, targets),
+            feedforward_modules=_layer_regex(arch, layers, feedforward),
             modules_to_save=placement["modules_to_save"],
         ), settings
     raise AssertionError(method)
@@ -224,15 +267,22 @@ def ia3_targets(arch: Architecture, lora: LoraSection) -> tuple[list[str], list[
 
     targets = target_suffixes(arch, lora.ia3.targets) if lora.ia3.targets else TARGETS.get(arch.model_type)
     if targets is None:
-        raise ModelError(Problem("lora.ia3.targets", f"peft has no IA3 default for model type {arch.model_type}",
-                                 "name the modules, e.g. --set lora.ia3.targets=[k,v]"))
+        raise ModelError(
+            Problem(
+                "lora.ia3.targets",
+                f"peft has no IA3 default for model type {arch.model_type}",
+                "name the modules, e.g. --set lora.ia3.targets=[k,v]",
+            )
+        )
     if lora.ia3.feedforward is not None:
         feedforward = target_suffixes(arch, lora.ia3.feedforward)
     else:
         feedforward = [f for f in FEEDFORWARD.get(arch.model_type, []) if f in targets]
     stray = [f for f in feedforward if f not in targets]
     if stray:
-        raise ModelError(Problem("lora.ia3.feedforward", f"{stray} are not among the IA3 targets {targets}", ""))
+        raise ModelError(
+            Problem("lora.ia3.feedforward", f"{stray} are not among the IA3 targets {targets}", "")
+        )
     return list(targets), list(feedforward)
 
 

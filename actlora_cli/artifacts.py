@@ -107,7 +107,9 @@ def read_artifact(path: Path, kind: str, model_name: str | None = None) -> dict[
         raise ArtifactError(Problem(str(path), f"not valid JSON ({exc.msg})", f"re-run `{maker}`")) from None
     if not isinstance(doc, dict) or doc.get("kind") != kind:
         found = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise ArtifactError(Problem(str(path), f"expected a '{kind}' artefact, found '{found}'", f"run `{maker}`"))
+        raise ArtifactError(
+            Problem(str(path), f"expected a '{kind}' artefact, found '{found}'", f"run `{maker}`")
+        )
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ArtifactError(
             Problem(

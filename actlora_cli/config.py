@@ -33,16 +33,20 @@ class ModelSection(Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype. auto: float32 on CPU, bfloat16 on CUDA where supported, else float16."
+        "auto",
+        description="Weights dtype. auto: float32 on CPU, bfloat16 on CUDA where supported, else float16.",
     )
-    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub. Off unless you trust it."
+    )
     quantization: Literal["none", "nf4"] = Field(
         "none",
         description="nf4: QLoRA base, 4-bit NF4 with double quantisation and bf16 compute (bitsandbytes, CUDA); "
         "the task head stays out of 4-bit.",
     )
     random_init: bool = Field(
-        False, description="Build the architecture from the model's config with random weights (benchmarks, tests)."
+        False,
+        description="Build the architecture from the model's config with random weights (benchmarks, tests).",
     )
 
     @field_validator("name")
@@ -77,7 +81,9 @@ class TaskSection(Section):
         "task.max_length (the paper's protocol, for comparison).",
     )
     train_split: str = Field("train", description="Split used for probing and training.")
-    eval_split: str | None = Field(None, description="Split evaluated; default: the task's validation split(s).")
+    eval_split: str | None = Field(
+        None, description="Split evaluated; default: the task's validation split(s)."
+    )
     max_train_examples: int | None = Field(None, ge=1, description="Use only the first N training examples.")
     max_eval_examples: int | None = Field(None, ge=1, description="Use only the first N evaluation examples.")
 
@@ -92,7 +98,9 @@ class TaskSection(Section):
     @classmethod
     def _files_exist(cls, v: dict[str, str] | None) -> dict[str, str] | None:
         if v is not None:
-            missing = [f"{split}: {path}" for split, path in v.items() if not Path(path).expanduser().is_file()]
+            missing = [
+                f"{split}: {path}" for split, path in v.items() if not Path(path).expanduser().is_file()
+            ]
             if missing:
                 raise ValueError(f"file(s) not found: {', '.join(missing)}")
         return v
@@ -100,7 +108,9 @@ class TaskSection(Section):
     @model_validator(mode="after")
     def _custom_needs_columns(self) -> TaskSection:
         if self.name == "custom":
-            need = [k for k in ("files", "text_fields", "label_field", "num_labels") if getattr(self, k) is None]
+            need = [
+                k for k in ("files", "text_fields", "label_field", "num_labels") if getattr(self, k) is None
+            ]
             if need:
                 raise ValueError(f"a custom task needs task.{', task.'.join(need)}")
             if not 1 <= len(self.text_fields or []) <= 2:
@@ -121,13 +131,17 @@ class ProbeSection(Section):
         description="cka: one vector per example: the first token, the last non-pad token, or the mean over "
         "non-pad tokens; auto = first for encoders, last for decoders.",
     )
-    adapter: str | None = Field(None, description="weight_delta: folder of a trained LoRA adapter (all layers).")
+    adapter: str | None = Field(
+        None, description="weight_delta: folder of a trained LoRA adapter (all layers)."
+    )
     site: Literal["post_attn", "pre_attn", "block_out"] = Field(
         "post_attn",
         description="post_attn: attention output before the residual add (the paper's site); pre_attn: the "
         "hidden states entering the Q/V projections; block_out: the block's output (flat for post-LN models).",
     )
-    steps: int = Field(200, ge=1, description="S: number of probe mini-batches (the paper: 200 DeBERTa, 10 Llama).")
+    steps: int = Field(
+        200, ge=1, description="S: number of probe mini-batches (the paper: 200 DeBERTa, 10 Llama)."
+    )
     batch_size: int = Field(32, ge=1, description="Examples per probe batch.")
     seed: int = Field(0, description="Seed of the probe batches' sampling.")
 
@@ -135,7 +149,9 @@ class ProbeSection(Section):
     def _weight_delta_needs_adapter(self) -> ProbeSection:
         if self.scorer == "weight_delta":
             if self.adapter is None:
-                raise ValueError("probe.scorer=weight_delta needs probe.adapter (a trained LoRA adapter folder)")
+                raise ValueError(
+                    "probe.scorer=weight_delta needs probe.adapter (a trained LoRA adapter folder)"
+                )
             if not (Path(self.adapter).expanduser() / "adapter_config.json").is_file():
                 raise ValueError(f"probe.adapter '{self.adapter}' holds no adapter_config.json")
         return self
@@ -165,18 +181,28 @@ class AdaLoraOptions(Section):
     init_r: int = Field(12, ge=1, description="Starting rank of every adapted matrix.")
     target_r: int = Field(8, ge=1, description="Average rank the budget is pruned down to.")
     tinit: float = Field(0.1, ge=0, lt=1, description="Share of the run's steps before pruning starts.")
-    tfinal: float = Field(0.3, ge=0, lt=1, description="Share of the run's steps at the end with the budget fixed.")
-    delta_t: float = Field(0.01, gt=0, lt=1, description="Share of the run's steps between two reallocations.")
+    tfinal: float = Field(
+        0.3, ge=0, lt=1, description="Share of the run's steps at the end with the budget fixed."
+    )
+    delta_t: float = Field(
+        0.01, gt=0, lt=1, description="Share of the run's steps between two reallocations."
+    )
     beta1: float = Field(0.85, gt=0, lt=1, description="EMA factor of the sensitivity.")
     beta2: float = Field(0.85, gt=0, lt=1, description="EMA factor of the uncertainty.")
-    orth_reg_weight: float = Field(0.5, gt=0, description="Weight of the orthogonality regulariser on P and Q.")
+    orth_reg_weight: float = Field(
+        0.5, gt=0, description="Weight of the orthogonality regulariser on P and Q."
+    )
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> AdaLoraOptions:
         if self.tinit + self.tfinal >= 1:
-            raise ValueError(f"lora.adalora.tinit + tfinal must be below 1 (got {self.tinit} + {self.tfinal})")
+            raise ValueError(
+                f"lora.adalora.tinit + tfinal must be below 1 (got {self.tinit} + {self.tfinal})"
+            )
         if self.target_r > self.init_r:
-            raise ValueError(f"lora.adalora.target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
+            raise ValueError(
+                f"lora.adalora.target_r ({self.target_r}) must not exceed init_r ({self.init_r})"
+            )
         return self
 
 
@@ -187,10 +213,14 @@ class VeraOptions(Section):
 
 class IA3Options(Section):
     targets: list[str] | None = Field(
-        None, description="Modules to rescale (logical names or suffixes); null: peft's default for the model type "
-        "(keys, values and the feed-forward output).")
+        None,
+        description="Modules to rescale (logical names or suffixes); null: peft's default for the model type "
+        "(keys, values and the feed-forward output).",
+    )
     feedforward: list[str] | None = Field(
-        None, description="Which of the targets are feed-forward (scaled on their input); null: peft's default.")
+        None,
+        description="Which of the targets are feed-forward (scaled on their input); null: peft's default.",
+    )
 
 
 METHODS = ("lora", "adalora", "ia3", "vera", "lokr", "loha", "full")
@@ -228,21 +258,30 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     save_every: int | None = Field(
-        None, ge=1, description="Also checkpoint every N optimizer steps (checkpoints are made at each epoch end)."
+        None,
+        ge=1,
+        description="Also checkpoint every N optimizer steps (checkpoints are made at each epoch end).",
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA with bf16, fp16 + grad scaler on other CUDA, fp32 on CPU."
+        "auto",
+        description="auto: bf16 autocast on CUDA with bf16, fp16 + grad scaler on other CUDA, fp32 on CPU.",
     )
     group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
     frozen_dropout: bool = Field(
-        True, description="Dropout in the frozen prefix (embeddings and the layers below the lowest adapted layer); "
-        "prefix_cache turns it off and records that.")
+        True,
+        description="Dropout in the frozen prefix (embeddings and the layers below the lowest adapted layer); "
+        "prefix_cache turns it off and records that.",
+    )
     prefix_cache: Literal["off", "memory", "disk"] = Field(
-        "off", description="Compute the frozen prefix's output once per example (first epoch) and reuse it: memory, "
-        "or disk (a memory-mapped file in the run folder, for large tasks).")
+        "off",
+        description="Compute the frozen prefix's output once per example (first epoch) and reuse it: memory, "
+        "or disk (a memory-mapped file in the run folder, for large tasks).",
+    )
     prefix_cache_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Stored dtype of the prefix cache; auto: bf16 (fp16 on CUDA without bf16) when the run "
-        "uses autocast, else fp32.")
+        "auto",
+        description="Stored dtype of the prefix cache; auto: bf16 (fp16 on CUDA without bf16) when the run "
+        "uses autocast, else fp32.",
+    )
     seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
 
     @model_validator(mode="after")
@@ -261,16 +300,22 @@ class Config(Section):
     rank: RankSection = Field(default_factory=RankSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
-    output_dir: str = Field("runs/minilm_movies", description="Run folder: every artefact of the run goes here.")
+    output_dir: str = Field(
+        "runs/minilm_movies", description="Run folder: every artefact of the run goes here."
+    )
 
     @model_validator(mode="after")
     def _method_fits_model(self) -> Config:
         if self.model.quantization == "nf4" and self.lora.method in ("full", "lokr", "loha"):
             raise ValueError(
                 f"lora.method={self.lora.method} cannot train on a 4-bit base (model.quantization=nf4): "
-                + ("full fine-tuning updates the quantised weights themselves" if self.lora.method == "full"
-                   else "peft has no 4-bit LoKr/LoHa layers")
-                + "; use lora, adalora, ia3 or vera, or model.quantization=none")
+                + (
+                    "full fine-tuning updates the quantised weights themselves"
+                    if self.lora.method == "full"
+                    else "peft has no 4-bit LoKr/LoHa layers"
+                )
+                + "; use lora, adalora, ia3 or vera, or model.quantization=none"
+            )
         return self
 
     @property
@@ -400,7 +445,11 @@ def problems_from(exc: ValidationError) -> list[Problem]:
         if err["type"] == "extra_forbidden":
             known = _known_keys(loc[:-1])
             close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
-            fix = f"did you mean '{'.'.join(loc[:-1] + close)}'?" if close else f"known keys here: {', '.join(known)}"
+            fix = (
+                f"did you mean '{'.'.join(loc[:-1] + close)}'?"
+                if close
+                else f"known keys here: {', '.join(known)}"
+            )
             problems.append(Problem(key, "unknown key", fix))
         elif err["type"] == "value_error":
             problems.append(Problem(key, str(err["ctx"]["error"]) if "ctx" in err else err["msg"], ""))

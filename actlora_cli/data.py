@@ -57,7 +57,12 @@ NLI3 = ("entailment", "neutral", "contradiction")
 NLI2 = ("entailment", "not_entailment")
 GLUE_TASKS: dict[str, TaskSpec] = {
     "cola": _glue(
-        "cola", ("sentence",), 2, ("matthews",), tsv_header=False, tsv_columns=("source", "label", "orig", "sentence")
+        "cola",
+        ("sentence",),
+        2,
+        ("matthews",),
+        tsv_header=False,
+        tsv_columns=("source", "label", "orig", "sentence"),
     ),
     "sst2": _glue("sst2", ("sentence",), 2, ("accuracy",)),
     "mrpc": _glue(
@@ -67,8 +72,12 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         ("accuracy", "f1"),
         tsv_rename={"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"},
     ),
-    "qqp": _glue("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), tsv_rename={"is_duplicate": "label"}),
-    "stsb": _glue("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), tsv_rename={"score": "label"}),
+    "qqp": _glue(
+        "qqp", ("question1", "question2"), 2, ("accuracy", "f1"), tsv_rename={"is_duplicate": "label"}
+    ),
+    "stsb": _glue(
+        "stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), tsv_rename={"score": "label"}
+    ),
     "mnli": _glue(
         "mnli",
         ("premise", "hypothesis"),
@@ -116,17 +125,27 @@ def task_spec(cfg: TaskSection) -> TaskSpec:
         return PACKAGED_TASKS[cfg.name]
     if cfg.name == "custom":
         assert cfg.text_fields and cfg.label_field and cfg.num_labels and cfg.files
-        metrics = ("pearson", "spearman") if cfg.num_labels == 1 else ("accuracy", "f1") if cfg.num_labels == 2 else (
-            "accuracy",
+        metrics = (
+            ("pearson", "spearman")
+            if cfg.num_labels == 1
+            else ("accuracy", "f1")
+            if cfg.num_labels == 2
+            else ("accuracy",)
         )
         evals = tuple(s for s in cfg.files if s != cfg.train_split) or (cfg.train_split,)
-        return TaskSpec("custom", "custom", tuple(cfg.text_fields), cfg.label_field, cfg.num_labels, metrics, evals)
+        return TaskSpec(
+            "custom", "custom", tuple(cfg.text_fields), cfg.label_field, cfg.num_labels, metrics, evals
+        )
     known = sorted(GLUE_TASKS) + sorted(PACKAGED_TASKS) + ["custom"]
     import difflib
 
     close = difflib.get_close_matches(cfg.name, known, n=1)
     raise DataError(
-        Problem("task.name", f"unknown task '{cfg.name}'", f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}")
+        Problem(
+            "task.name",
+            f"unknown task '{cfg.name}'",
+            f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}",
+        )
     )
 
 
@@ -180,7 +199,9 @@ def read_table(path: Path, *, header: bool = True, columns: tuple[str, ...] | No
             return pd.read_parquet(path)
     except (ValueError, OSError) as exc:
         raise DataError(Problem(str(path), f"cannot read: {exc}", "check the file's format")) from None
-    raise DataError(Problem(str(path), f"unknown file type '{suffix}'", "use .tsv, .csv, .jsonl, .json or .parquet"))
+    raise DataError(
+        Problem(str(path), f"unknown file type '{suffix}'", "use .tsv, .csv, .jsonl, .json or .parquet")
+    )
 
 
 def _is_json_lines(path: Path) -> bool:
@@ -193,25 +214,37 @@ def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
     missing = [c for c in (*spec.text_fields, spec.label_field) if c not in frame.columns]
     if missing:
         raise DataError(
-            Problem(where, f"missing column(s) {', '.join(missing)}", f"columns present: {', '.join(map(str, frame.columns))}")
+            Problem(
+                where,
+                f"missing column(s) {', '.join(missing)}",
+                f"columns present: {', '.join(map(str, frame.columns))}",
+            )
         )
     labels_raw = frame[spec.label_field].tolist()
     if spec.is_regression:
         try:
             labels: list = [float(x) for x in labels_raw]
         except ValueError as exc:
-            raise DataError(Problem(where, f"non-numeric regression target ({exc})", "the label column must hold numbers")) from None
+            raise DataError(
+                Problem(where, f"non-numeric regression target ({exc})", "the label column must hold numbers")
+            ) from None
     elif spec.label_names is not None:
         index = {name: i for i, name in enumerate(spec.label_names)}
-        unknown = sorted({str(x) for x in labels_raw if str(x) not in index and not str(x).lstrip("-").isdigit()})
+        unknown = sorted(
+            {str(x) for x in labels_raw if str(x) not in index and not str(x).lstrip("-").isdigit()}
+        )
         if unknown:
-            raise DataError(Problem(where, f"unknown labels {unknown[:5]}", f"expected {', '.join(spec.label_names)}"))
+            raise DataError(
+                Problem(where, f"unknown labels {unknown[:5]}", f"expected {', '.join(spec.label_names)}")
+            )
         labels = [index[str(x)] if str(x) in index else int(x) for x in labels_raw]
     else:
         try:
             labels = [int(float(x)) for x in labels_raw]
         except ValueError as exc:
-            raise DataError(Problem(where, f"non-numeric label ({exc})", "labels must be class ids 0..n-1")) from None
+            raise DataError(
+                Problem(where, f"non-numeric label ({exc})", "labels must be class ids 0..n-1")
+            ) from None
     if not spec.is_regression:
         bad = [x for x in labels if not 0 <= x < spec.num_labels]
         if bad:
@@ -232,7 +265,9 @@ def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
     if spec.source == "custom":
         assert cfg.files is not None
         if split not in cfg.files:
-            raise DataError(Problem("task.files", f"no file for split '{split}'", f"splits given: {', '.join(cfg.files)}"))
+            raise DataError(
+                Problem("task.files", f"no file for split '{split}'", f"splits given: {', '.join(cfg.files)}")
+            )
         path = Path(cfg.files[split]).expanduser()
         return _frame_to_examples(read_table(path), spec, str(path)).head(limit)
     if spec.source == "packaged":
@@ -241,10 +276,22 @@ def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
         return load_domain_split(spec, split, cfg.data_dir).head(limit)
     if cfg.data_dir is not None:
         if split not in spec.tsv_files:
-            raise DataError(Problem("task.eval_split", f"{spec.name} has no split '{split}'", f"splits: {', '.join(spec.tsv_files)}"))
+            raise DataError(
+                Problem(
+                    "task.eval_split",
+                    f"{spec.name} has no split '{split}'",
+                    f"splits: {', '.join(spec.tsv_files)}",
+                )
+            )
         path = Path(cfg.data_dir).expanduser() / spec.tsv_files[split]
         if not path.is_file():
-            raise DataError(Problem("task.data_dir", f"{path} not found", f"the GLUE {spec.name} folder needs {spec.tsv_files[split]}"))
+            raise DataError(
+                Problem(
+                    "task.data_dir",
+                    f"{path} not found",
+                    f"the GLUE {spec.name} folder needs {spec.tsv_files[split]}",
+                )
+            )
         frame = read_table(path, header=spec.tsv_header, columns=spec.tsv_columns)
         return _frame_to_examples(frame, spec, str(path)).head(limit)
     return _load_hub(spec, split).head(limit)
@@ -288,12 +335,16 @@ class Encoded:
         return [len(ids) for ids in self.input_ids]
 
 
-def encode(tokenizer, examples: Examples, max_length: int, regression: bool, pad_to_max: bool = False) -> Encoded:
+def encode(
+    tokenizer, examples: Examples, max_length: int, regression: bool, pad_to_max: bool = False
+) -> Encoded:
     """Tokenise every example once (truncated to ``max_length``; padded later, per batch)."""
     enc = tokenizer(*examples.texts, truncation=True, max_length=max_length, padding=False)
     types = enc.get("token_type_ids") if "token_type_ids" in tokenizer.model_input_names else None
     labels = torch.tensor(examples.labels, dtype=torch.float32 if regression else torch.long)
-    return Encoded(enc["input_ids"], types, labels, tokenizer.pad_token_id, max_length if pad_to_max else None)
+    return Encoded(
+        enc["input_ids"], types, labels, tokenizer.pad_token_id, max_length if pad_to_max else None
+    )
 
 
 def encoded_split(tokenizer, cfg: TaskSection, spec: TaskSpec, split: str) -> Encoded:
@@ -307,7 +358,9 @@ def collate(data: Encoded, indices: list[int]) -> dict[str, torch.Tensor]:
     longest = data.pad_to or max(len(data.input_ids[i]) for i in indices)
     ids = torch.full((len(indices), longest), data.pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), longest), dtype=torch.long)
-    types = torch.zeros((len(indices), longest), dtype=torch.long) if data.token_type_ids is not None else None
+    types = (
+        torch.zeros((len(indices), longest), dtype=torch.long) if data.token_type_ids is not None else None
+    )
     for row, i in enumerate(indices):
         n = len(data.input_ids[i])
         ids[row, :n] = torch.tensor(data.input_ids[i])
@@ -339,7 +392,9 @@ def batch_indices(
         rng.shuffle(order)
     if lengths is not None:
         window = batch_size * 50
-        order = [i for s in range(0, n, window) for i in sorted(order[s : s + window], key=lambda j: -lengths[j])]
+        order = [
+            i for s in range(0, n, window) for i in sorted(order[s : s + window], key=lambda j: -lengths[j])
+        ]
     batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
     if batches and len(batches[-1]) < min_size:
         batches.pop()

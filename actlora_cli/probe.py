@@ -15,7 +15,9 @@ from .scoring import SCORERS
 from .selection import min_max
 
 
-def probe_batches(data: Encoded, steps: int, batch_size: int, seed: int, world: int = 1) -> Iterator[list[int]]:
+def probe_batches(
+    data: Encoded, steps: int, batch_size: int, seed: int, world: int = 1
+) -> Iterator[list[int]]:
     """S batches of indices, reshuffled (seed + pass) whenever the split runs out; a batch too small to give
     every rank a share is skipped."""
     produced, epoch = 0, 0  # the same global batches on every rank: each then takes its share
@@ -41,7 +43,9 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
     p = cfg.probe
     scorer = SCORERS[p.scorer]
-    with ui.progress(f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), p.steps) as advance:
+    with ui.progress(
+        f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), p.steps
+    ) as advance:
 
         def batches():
             for indices in probe_batches(data, p.steps, p.batch_size, p.seed, ctx.world):
@@ -51,7 +55,9 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
         stat = scorer(loaded.model, loaded.arch, batches(), cfg, loaded.device)
     scores, flat = min_max(stat.raw)
     if flat:
-        ui.note("[yellow]warning:[/] every layer has the same statistic; the ranking falls back to layer order")
+        ui.note(
+            "[yellow]warning:[/] every layer has the same statistic; the ranking falls back to layer order"
+        )
     doc = {
         "scorer": p.scorer,
         "site": p.site if p.scorer == "activation_norm" else None,

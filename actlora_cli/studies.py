@@ -46,7 +46,9 @@ def probe_scores(cfg: Config, out: Path, name: str, seed: int) -> dict[str, Any]
     return run_probe(variant(cfg, output_dir=str(out / "scores" / name), **{"probe.seed": seed}))
 
 
-def study_stability(cfg: Config, scorers: list[str], seeds: list[int], ks: list[int], out: Path) -> dict[str, Any]:
+def study_stability(
+    cfg: Config, scorers: list[str], seeds: list[int], ks: list[int], out: Path
+) -> dict[str, Any]:
     results, parts = {}, []
     for scorer in scorers:
         by_seed = []
@@ -56,7 +58,9 @@ def study_stability(cfg: Config, scorers: list[str], seeds: list[int], ks: list[
             by_seed.append(doc["scores"])
         result = stability.seed_stability(by_seed, ks)
         results[scorer] = {**result, "scores_by_seed": by_seed}
-        plots.plot_seed_scores(by_seed, out / f"stability_{scorer}.png", title=f"{scorer}: scores over {len(seeds)} seeds")
+        plots.plot_seed_scores(
+            by_seed, out / f"stability_{scorer}.png", title=f"{scorer}: scores over {len(seeds)} seeds"
+        )
         parts.append(f"### {scorer}\n\n" + stability.markdown(result, label=scorer))
     md = "\n".join(parts)
     payload = {"seeds": seeds, "ks": ks, "results": results, **_context(cfg)}
@@ -85,17 +89,27 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
     for scorer in scorers:
         ui.note(f"correlation: {scorer}")
         extra = {"probe.adapter": str(cfg.run_dir / "adapter")} if scorer == "weight_delta" else {}
-        doc = probe_scores(variant(cfg, **{"probe.scorer": scorer}, **extra), out, f"corr_{scorer}", cfg.probe.seed)
+        doc = probe_scores(
+            variant(cfg, **{"probe.scorer": scorer}, **extra), out, f"corr_{scorer}", cfg.probe.seed
+        )
         by_scorer[scorer] = doc["scores"]
     results, sections = {}, []
     for part in ablation["importance"]:
         results[part] = correlation.correlate_with_reference(by_scorer, ablation["importance"][part])
         sections.append(f"### ablating {part}\n\n" + correlation.markdown(results[part]))
-    plots.plot_heatmap({**by_scorer, "ablation (q+v)": ablation["importance"]["both"]}, out / "correlation_heatmap.png",
-                       "layer importance by scorer (min-max) and by ablation")
+    plots.plot_heatmap(
+        {**by_scorer, "ablation (q+v)": ablation["importance"]["both"]},
+        out / "correlation_heatmap.png",
+        "layer importance by scorer (min-max) and by ablation",
+    )
     md = "\n".join(sections)
-    payload = {"scores": by_scorer, "ablation": ablation["importance"],
-               "ablation_drop": ablation["drop"], "results": results, **_context(cfg)}
+    payload = {
+        "scores": by_scorer,
+        "ablation": ablation["importance"],
+        "ablation_drop": ablation["drop"],
+        "results": results,
+        **_context(cfg),
+    }
     report.write_study(out, "correlation", payload, md)
     return payload
 
@@ -105,8 +119,12 @@ def study_thresholds(cfg: Config, out: Path, taus: list[float]) -> dict[str, Any
     table = thresholds.threshold_table(scores["scores"], taus)
     plots.plot_cumulative(scores["scores"], taus, out / "thresholds_curve.png")
     k = cfg.rank.k if isinstance(cfg.rank.k, int) else table[len(table) // 2]["k"]
-    plots.plot_layer_scores(scores["scores"], select(scores["scores"], k=k).layers, out / "layer_scores.png",
-                            f"{scores['scorer']} at {scores['site']}: top-{k} marked")
+    plots.plot_layer_scores(
+        scores["scores"],
+        select(scores["scores"], k=k).layers,
+        out / "layer_scores.png",
+        f"{scores['scorer']} at {scores['site']}: top-{k} marked",
+    )
     md = thresholds.markdown(table)
     payload = {"scores": scores["scores"], "table": table, **_context(cfg)}
     report.write_study(out, "thresholds", payload, md)
@@ -114,5 +132,9 @@ def study_thresholds(cfg: Config, out: Path, taus: list[float]) -> dict[str, Any
 
 
 def _context(cfg: Config) -> dict[str, Any]:
-    return {"model": cfg.model.name, "task": cfg.task.name, "probe": cfg.probe.model_dump(),
-            "provenance": artifacts.provenance(cfg.hash())}
+    return {
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "probe": cfg.probe.model_dump(),
+        "provenance": artifacts.provenance(cfg.hash()),
+    }

@@ -106,8 +106,11 @@ def parse_grid(
         ("--seeds", seeds, base.train.seed, "0,1,2", int),
         ("--tasks", tasks, base.task.name, "movies,tweets", str),
     ):
-        why = ("not given; the config chooses k by rank.tau, which a sweep does not vary"
-               if flag == "--k" and base.rank.tau is not None else "")
+        why = (
+            "not given; the config chooses k by rank.tau, which a sweep does not vary"
+            if flag == "--k" and base.rank.tau is not None
+            else ""
+        )
         try:
             raw = _values(text, flag, default, example, why)
         except ConfigError as exc:
@@ -127,9 +130,13 @@ def parse_grid(
     for method in parsed.get("--methods", []):
         if method not in METHODS:
             close = difflib.get_close_matches(method, METHODS, n=1)
-            problems.append(Problem(
-                "--methods", f"unknown method '{method}'",
-                f"did you mean '{close[0]}'?" if close else f"methods: {', '.join(METHODS)}"))
+            problems.append(
+                Problem(
+                    "--methods",
+                    f"unknown method '{method}'",
+                    f"did you mean '{close[0]}'?" if close else f"methods: {', '.join(METHODS)}",
+                )
+            )
     if problems:
         raise ConfigError(problems)
     return Grid(parsed["--methods"], parsed["--k"], parsed["--seeds"], parsed["--tasks"])
@@ -168,11 +175,17 @@ def build_points(base: Config, grid: Grid, out: Path) -> list[Point]:
                     folder = Path(out) / task / f"{method}-k{k}-seed{seed}"
                     try:
                         # k and tau are exclusive: the grid's k replaces any tau of the file
-                        cfg = _derived(base, task, folder, {"lora.method": method, "rank.k": k, "rank.tau": None,
-                                                            "train.seed": seed})
+                        cfg = _derived(
+                            base,
+                            task,
+                            folder,
+                            {"lora.method": method, "rank.k": k, "rank.tau": None, "train.seed": seed},
+                        )
                     except ValidationError as exc:
-                        problems += [Problem(f"{p.where} (point {task}/{folder.name})", p.what, p.fix)
-                                     for p in problems_from(exc)]
+                        problems += [
+                            Problem(f"{p.where} (point {task}/{folder.name})", p.what, p.fix)
+                            for p in problems_from(exc)
+                        ]
                         continue
                     points.append(Point(task, method, k, seed, cfg))
     for task in dict.fromkeys(p.task for p in points):
@@ -204,7 +217,10 @@ def next_action(cfg: Config) -> Action:
         return "eval"
     # a checkpoint carries no config hash; run_train writes config.resolved.yaml after clearing any older
     # run's checkpoints, so a checkpoint beside this config's resolved file was made under this config
-    if last_checkpoint(run / "checkpoints") is not None and _resolved_hash(run / "config.resolved.yaml") == cfg.hash():
+    if (
+        last_checkpoint(run / "checkpoints") is not None
+        and _resolved_hash(run / "config.resolved.yaml") == cfg.hash()
+    ):
         return "resume"
     return "train"
 
@@ -226,11 +242,23 @@ def plan_sweep(base: Config, grid: Grid, out: Path) -> dict[str, Any]:
         cfg = probe_config(base, task, out)
         needed = any(p.task == task and p.k != "all" and a == "train" for p, a in zip(points, actions))
         done = _made_from(cfg.run_dir / "scores.json", "scores", cfg)
-        probes[task] = {"folder": str(cfg.run_dir), "action": ("reuse" if done else "probe") if needed else "none",
-                         "status": "pending" if needed else "not needed"}
+        probes[task] = {
+            "folder": str(cfg.run_dir),
+            "action": ("reuse" if done else "probe") if needed else "none",
+            "status": "pending" if needed else "not needed",
+        }
     entries = [
-        {"task": p.task, "method": p.method, "k": p.k, "seed": p.seed, "name": p.name, "folder": str(p.folder),
-         "config_hash": p.cfg.hash(), "action": action, "status": "pending"}
+        {
+            "task": p.task,
+            "method": p.method,
+            "k": p.k,
+            "seed": p.seed,
+            "name": p.name,
+            "folder": str(p.folder),
+            "config_hash": p.cfg.hash(),
+            "action": action,
+            "status": "pending",
+        }
         for p, action in zip(points, actions)
     ]
     return {"points": points, "actions": actions, "entries": entries, "probes": probes}
@@ -273,8 +301,11 @@ class _Manifest:
         try:
             yield
         except BaseException as exc:
-            self.update(entry, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                        error=f"{type(exc).__name__}: {exc}")
+            self.update(
+                entry,
+                status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                error=f"{type(exc).__name__}: {exc}",
+            )
             raise
         self.update(entry, status="done", seconds=round(time.perf_counter() - started, 3))
 
@@ -299,9 +330,15 @@ def _check_k(points: list[Point], scores_doc: dict[str, Any], task: str) -> None
     layers = len(scores_doc["scores"])
     too_big = sorted({p.k for p in points if p.task == task and p.k != "all" and p.k > layers})
     if too_big:
-        raise ConfigError([Problem(
-            "--k", f"k={', '.join(map(str, too_big))} but {scores_doc['model']['name']} has {layers} layers",
-            f"choose k in 1..{layers} or 'all'")])
+        raise ConfigError(
+            [
+                Problem(
+                    "--k",
+                    f"k={', '.join(map(str, too_big))} but {scores_doc['model']['name']} has {layers} layers",
+                    f"choose k in 1..{layers} or 'all'",
+                )
+            ]
+        )
 
 
 def compare_task(task: str, points: list[Point]) -> dict[str, Any]:
@@ -322,7 +359,12 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
     out = Path(out)
     plan = plan_sweep(base, grid, out)
     if dry_run:
-        return {"out": str(out), "total": len(plan["points"]), "probes": plan["probes"], "points": plan["entries"]}
+        return {
+            "out": str(out),
+            "total": len(plan["points"]),
+            "probes": plan["probes"],
+            "points": plan["entries"],
+        }
     points: list[Point] = plan["points"]
     manifest = _Manifest(base, grid, out, plan)
     manifest.update()
@@ -344,9 +386,15 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
         scores[task] = cfg.run_dir / "scores.json"
 
     for i, (point, action, entry) in enumerate(zip(points, plan["actions"], manifest.doc["points"]), 1):
-        ui.note(f"[bold][{i}/{len(points)}][/] {point.task}/{point.name}: "
-                + {"skip": "done already", "eval": "eval", "resume": "resume training, eval",
-                   "train": "train, eval"}[action])
+        ui.note(
+            f"[bold][{i}/{len(points)}][/] {point.task}/{point.name}: "
+            + {
+                "skip": "done already",
+                "eval": "eval",
+                "resume": "resume training, eval",
+                "train": "train, eval",
+            }[action]
+        )
         with manifest.step(entry):
             _run_point(point, action, scores.get(point.task))
 
@@ -354,10 +402,18 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
     for task in grid.tasks:
         report = compare_task(task, [p for p in points if p.task == task])
         json_path, md_path, *plots = write_report(report, out / task / "comparison.json")
-        manifest.doc["comparisons"][task] = {"json": str(json_path), "markdown": str(md_path),
-                                            "plots": [str(path) for path in plots], "note": report["note"]}
+        manifest.doc["comparisons"][task] = {
+            "json": str(json_path),
+            "markdown": str(md_path),
+            "plots": [str(path) for path in plots],
+            "note": report["note"],
+        }
         for row in report["rows"]:
             by_folder[row["run"]].update(
-                {key: row[key] for key in ("group", "metric_name", "metric", "trainable_parameters", "step_ms")})
+                {
+                    key: row[key]
+                    for key in ("group", "metric_name", "metric", "trainable_parameters", "step_ms")
+                }
+            )
     manifest.update(finished=True)
     return manifest.doc

@@ -7,7 +7,36 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-WORDS = ["good", "great", "fine", "superb", "lovely", "bad", "awful", "poor", "dull", "boring", "the", "a", "movie", "film", "plot", "actor", "scene", "was", "is", "very", "not", "quite", "rather", "story", "music", "ending", "script", "cast"]
+WORDS = [
+    "good",
+    "great",
+    "fine",
+    "superb",
+    "lovely",
+    "bad",
+    "awful",
+    "poor",
+    "dull",
+    "boring",
+    "the",
+    "a",
+    "movie",
+    "film",
+    "plot",
+    "actor",
+    "scene",
+    "was",
+    "is",
+    "very",
+    "not",
+    "quite",
+    "rather",
+    "story",
+    "music",
+    "ending",
+    "script",
+    "cast",
+]
 POSITIVE, NEGATIVE = set(WORDS[:5]), set(WORDS[5:10])
 
 
@@ -25,7 +54,10 @@ def tokenizer(decoder: bool):
             single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
         )
         tok = PreTrainedTokenizerFast(
-            tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="[UNK]",
+            tokenizer_object=core,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="[UNK]",
             model_input_names=["input_ids", "attention_mask"],
         )
         tok.pad_token = tok.eos_token
@@ -36,7 +68,11 @@ def tokenizer(decoder: bool):
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=core,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
     )
 
 

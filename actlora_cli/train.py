@@ -40,7 +40,9 @@ class NonFiniteLoss(ActloraError):
 # Pieces of the loop
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool, reduction: str = "mean") -> torch.Tensor:
+def compute_loss(
+    logits: torch.Tensor, labels: torch.Tensor, regression: bool, reduction: str = "mean"
+) -> torch.Tensor:
     if regression:
         return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction=reduction)
     return F.cross_entropy(logits.float(), labels, reduction=reduction)
@@ -114,7 +116,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(folder: Path, adapted: Adapted, optimizer, scheduler, scaler, step: int, extra: dict) -> None:
+def save_checkpoint(
+    folder: Path, adapted: Adapted, optimizer, scheduler, scaler, step: int, extra: dict
+) -> None:
     """Adapter + head in PEFT's format (the whole model for full fine-tuning), and the loop state; written
     beside and swapped in, so a crash mid-save leaves the previous checkpoint whole."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -165,58 +169,101 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     plan, plan_source = resolve_plan(cfg, loaded.arch.num_layers, rule_from_flags)
     ranks_agreeing = same_on_all_ranks(plan.layers, "the layer plan")
     train_data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
-    eval_data = {split: encoded_split(loaded.tokenizer, cfg.task, spec, split) for split in eval_splits(cfg.task, spec)}
+    eval_data = {
+        split: encoded_split(loaded.tokenizer, cfg.task, spec, split) for split in eval_splits(cfg.task, spec)
+    }
     # every rank must get a share of every micro-batch: a final batch smaller than world x grad_accum is dropped,
     # and the epoch is counted with the same rule (a count that disagreed would never finish the epoch)
     min_batch = ctx.world * t.grad_accum
     steps_per_epoch = len(batch_indices(len(train_data), t.batch_size, shuffle=False, min_size=min_batch))
     if steps_per_epoch == 0:
-        raise ConfigError([Problem(
-            "train.batch_size", f"{len(train_data)} training examples cannot fill one step of {min_batch} "
-            f"(world size {ctx.world} x grad_accum {t.grad_accum})", "use more examples or fewer ranks")])
+        raise ConfigError(
+            [
+                Problem(
+                    "train.batch_size",
+                    f"{len(train_data)} training examples cannot fill one step of {min_batch} "
+                    f"(world size {ctx.world} x grad_accum {t.grad_accum})",
+                    "use more examples or fewer ranks",
+                )
+            ]
+        )
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
     adapted = apply_method(loaded.model, loaded.arch, cfg.lora, plan.layers, total_steps)
     model = adapted.model
-    assert adapted_layers(model, loaded.arch) == sorted(plan.layers), f"{cfg.lora.method} landed outside the plan"
+    assert adapted_layers(model, loaded.arch) == sorted(plan.layers), (
+        f"{cfg.lora.method} landed outside the plan"
+    )
     trainable, total = count_parameters(model)
     amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
-    base_dtype = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
+    base_dtype = next(
+        (p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None
+    )
     if amp_dtype is None and base_dtype in (torch.float16, torch.bfloat16):
-        raise ConfigError([Problem(
-            "train.precision", f"fp32 training on a {str(base_dtype).replace('torch.', '')} model",
-            "set train.precision=bf16 (or fp16), or model.dtype=float32")])
+        raise ConfigError(
+            [
+                Problem(
+                    "train.precision",
+                    f"fp32 training on a {str(base_dtype).replace('torch.', '')} model",
+                    "set train.precision=bf16 (or fp16), or model.dtype=float32",
+                )
+            ]
+        )
     # the frozen prefix: embeddings and the layers below the lowest trained layer (past the backward cut)
     lowest = min(plan.layers)
     frozen_dropout = t.frozen_dropout and t.prefix_cache == "off"
-    prefix = {"lowest_trained_layer": lowest, "dropout": frozen_dropout,
-              "dropout_rates_zeroed": 0 if frozen_dropout else disable_prefix_dropout(model, loaded.arch, lowest)}
+    prefix = {
+        "lowest_trained_layer": lowest,
+        "dropout": frozen_dropout,
+        "dropout_rates_zeroed": 0 if frozen_dropout else disable_prefix_dropout(model, loaded.arch, lowest),
+    }
     cache = None
     if t.prefix_cache != "off":
         trained = trained_in_prefix(model, loaded.arch, lowest)
         if trained:
-            raise ConfigError([Problem(
-                "train.prefix_cache", f"the frozen prefix is not frozen: {trained[0]} is trained "
-                f"({cfg.lora.method} on layers {plan.layers}), so its output changes and cannot be cached",
-                "use a plan that leaves the embeddings and the lowest layers frozen, or train.prefix_cache=off")])
+            raise ConfigError(
+                [
+                    Problem(
+                        "train.prefix_cache",
+                        f"the frozen prefix is not frozen: {trained[0]} is trained "
+                        f"({cfg.lora.method} on layers {plan.layers}), so its output changes and cannot be cached",
+                        "use a plan that leaves the embeddings and the lowest layers frozen, or train.prefix_cache=off",
+                    )
+                ]
+            )
         if lowest == 0 and ctx.is_main:
-            ui.note("[yellow]note:[/] the plan includes layer 0, so the prefix cache skips only the embeddings")
+            ui.note(
+                "[yellow]note:[/] the plan includes layer 0, so the prefix cache skips only the embeddings"
+            )
         cache_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            t.prefix_cache_dtype, amp_dtype or torch.float32)
-        cache = PrefixCache(model, loaded.arch, lowest, train_data.lengths, cache_dtype, t.prefix_cache,
-                            cfg.run_dir / f"prefix_cache.rank{ctx.rank}.bin", pin=ctx.device.type == "cuda")
+            t.prefix_cache_dtype, amp_dtype or torch.float32
+        )
+        cache = PrefixCache(
+            model,
+            loaded.arch,
+            lowest,
+            train_data.lengths,
+            cache_dtype,
+            t.prefix_cache,
+            cfg.run_dir / f"prefix_cache.rank{ctx.rank}.bin",
+            pin=ctx.device.type == "cuda",
+        )
     ddp_model = model
     if ctx.enabled:
         # the plan is fixed before wrapping; every trainable parameter is used every step
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=False
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=False,
         )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if ctx.device.type == "cuda" else {})
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, round(t.warmup_ratio * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, round(t.warmup_ratio * total_steps))
+    )
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     autocast = autocast_context(amp_dtype, ctx.device)
 
@@ -224,21 +271,43 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     ckpt_dir = run_dir / "checkpoints"
     log_path = run_dir / "train_log.jsonl"
     step = 0
-    meta = {"plan": plan.layers, "method": cfg.lora.method, "world": ctx.world, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
-            "model": cfg.model.name}
-    totals = {"train_seconds": 0.0, "samples": 0, "phase_ms": [0.0, 0.0, 0.0], "steps_timed": 0, "history": [],
-              "peak_mib": 0.0}
+    meta = {
+        "plan": plan.layers,
+        "method": cfg.lora.method,
+        "world": ctx.world,
+        "batch_size": t.batch_size,
+        "grad_accum": t.grad_accum,
+        "model": cfg.model.name,
+    }
+    totals = {
+        "train_seconds": 0.0,
+        "samples": 0,
+        "phase_ms": [0.0, 0.0, 0.0],
+        "steps_timed": 0,
+        "history": [],
+        "peak_mib": 0.0,
+    }
     if resume:
         last = last_checkpoint(ckpt_dir)
         if last is None:
-            raise ArtifactError(Problem(str(ckpt_dir / "last"), "no checkpoint to resume from", "drop --resume to start afresh"))
+            raise ArtifactError(
+                Problem(
+                    str(ckpt_dir / "last"), "no checkpoint to resume from", "drop --resume to start afresh"
+                )
+            )
         state = torch.load(last / "state.pt", map_location="cpu", weights_only=False)
-        differs = {k: (state.get("meta", {}).get(k), v) for k, v in meta.items() if state.get("meta", {}).get(k) != v}
+        differs = {
+            k: (state.get("meta", {}).get(k), v) for k, v in meta.items() if state.get("meta", {}).get(k) != v
+        }
         if differs:
-            raise ArtifactError(Problem(
-                str(last), "the checkpoint was made by a different run: "
-                + ", ".join(f"{k} {was} -> {now}" for k, (was, now) in differs.items()),
-                "resume with the settings it was made with, or drop --resume to start afresh"))
+            raise ArtifactError(
+                Problem(
+                    str(last),
+                    "the checkpoint was made by a different run: "
+                    + ", ".join(f"{k} {was} -> {now}" for k, (was, now) in differs.items()),
+                    "resume with the settings it was made with, or drop --resume to start afresh",
+                )
+            )
         adapted.load_weights(last / adapted.weights_dir)
         adapted.load_extra_state(state.get("method_state", {}))
         optimizer.load_state_dict(state["optimizer"])
@@ -277,13 +346,17 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         while step < total_steps:
             epoch = step // steps_per_epoch
             batches = batch_indices(
-                len(train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
-                lengths=train_data.lengths if t.group_by_length else None, min_size=min_batch,
+                len(train_data),
+                t.batch_size,
+                shuffle=True,
+                seed=t.seed + epoch,
+                lengths=train_data.lengths if t.group_by_length else None,
+                min_size=min_batch,
             )
             for global_batch in batches[step - epoch * steps_per_epoch :]:
                 # grad_accum micro-batches of near-equal size, each with at least one example per rank;
                 # collated before the clock starts, so the phases time the model, not the padding loop
-                chunks = [global_batch[i::t.grad_accum] for i in range(t.grad_accum)]
+                chunks = [global_batch[i :: t.grad_accum] for i in range(t.grad_accum)]
                 rows = [shard(c, ctx.rank, ctx.world) for c in chunks]
                 micro_batches = [to_device(collate(train_data, r), ctx.device) for r in rows]
                 timer.start()
@@ -298,7 +371,9 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                             logits = ddp_model(**batch).logits
                         # sum over this rank's share, scaled so that DDP's average over ranks is the mean over
                         # the global batch whatever the shares' sizes (a per-rank mean would weight them unequally)
-                        loss = compute_loss(logits, labels, spec.is_regression, "sum") * (ctx.world / len(global_batch))
+                        loss = compute_loss(logits, labels, spec.is_regression, "sum") * (
+                            ctx.world / len(global_batch)
+                        )
                         loss_sum += loss.detach()
                         if i == len(chunks) - 1:
                             # once per step, with the last micro-batch (DDP averages it over ranks: the same term)
@@ -312,7 +387,9 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         timer.mark()
                 mem_bwd = timer.memory(peak=True)
                 if mem_bwd is not None:
-                    peak_mib = max(peak_mib, mem_bwd)  # peak stats are reset each step: keep the run's maximum
+                    peak_mib = max(
+                        peak_mib, mem_bwd
+                    )  # peak stats are reset each step: keep the run's maximum
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 if t.max_grad_norm is not None:
@@ -321,12 +398,15 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 if extra is None:
                     loss_value, extra_value = float(all_reduce_sum(loss_sum)) / ctx.world, None
                 else:
-                    loss_value, extra_value = torch.stack([all_reduce_sum(loss_sum) / ctx.world, extra.detach()]).tolist()
+                    loss_value, extra_value = torch.stack(
+                        [all_reduce_sum(loss_sum) / ctx.world, extra.detach()]
+                    ).tolist()
                 if not math.isfinite(loss_value + (extra_value or 0.0)):
                     raise NonFiniteLoss(
                         Problem(
                             f"step {step + 1}",
-                            f"the loss is {loss_value}" + ("" if extra_value is None else f" (+ {extra_value})"),
+                            f"the loss is {loss_value}"
+                            + ("" if extra_value is None else f" (+ {extra_value})"),
                             f"the last good checkpoint is kept in {ckpt_dir / 'last'}; lower train.lr or use "
                             "train.precision=fp32/bf16, then `actlora train --resume`",
                         )
@@ -338,7 +418,9 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                     scale = scaler.get_scale() if adapted.has_step_hook else None
                     scaler.step(optimizer)
                     scaler.update()
-                    stepped = scale is None or scaler.get_scale() >= scale  # it drops when inf grads skip the step
+                    stepped = (
+                        scale is None or scaler.get_scale() >= scale
+                    )  # it drops when inf grads skip the step
                 else:
                     optimizer.step()
                 if stepped:  # AdaLoRA's importance must not average in a skipped step's inf gradients
@@ -355,11 +437,17 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                 phase_totals += (fwd_ms, bwd_ms, opt_ms)
                 samples_done += len(global_batch)
                 record = {
-                    "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_value,
+                    "step": step,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "loss": loss_value,
                     **({} if extra_value is None else {"regularizer": extra_value}),
-                    "lr": lr_used, "forward_ms": round(fwd_ms, 3), "backward_ms": round(bwd_ms, 3),
-                    "optimizer_ms": round(opt_ms, 3), "samples": len(global_batch),
-                    "mem_after_forward_mib": mem_fwd, "mem_peak_backward_mib": mem_bwd,
+                    "lr": lr_used,
+                    "forward_ms": round(fwd_ms, 3),
+                    "backward_ms": round(bwd_ms, 3),
+                    "optimizer_ms": round(opt_ms, 3),
+                    "samples": len(global_batch),
+                    "mem_after_forward_mib": mem_fwd,
+                    "mem_peak_backward_mib": mem_bwd,
                     "mem_after_step_mib": timer.memory(),
                 }
                 if log is not None:
@@ -374,18 +462,36 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
                         for split, data in eval_data.items()
                     }
                     ddp_model.train()
-                    history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "metrics": metrics})
+                    history.append(
+                        {"step": step, "epoch": round(step / steps_per_epoch, 4), "metrics": metrics}
+                    )
                 if epoch_done or (t.save_every is not None and step % t.save_every == 0):
                     if ctx.is_main:
-                        totals = {"train_seconds": time.perf_counter() - loop_start, "samples": samples_done,
-                                  "phase_ms": phase_totals.tolist(), "steps_timed": steps_timed,
-                                  "history": history, "peak_mib": peak_mib}
-                        save_checkpoint(ckpt_dir / "last", adapted, optimizer, scheduler, scaler, step,
-                                        {"meta": meta, "totals": totals})
+                        totals = {
+                            "train_seconds": time.perf_counter() - loop_start,
+                            "samples": samples_done,
+                            "phase_ms": phase_totals.tolist(),
+                            "steps_timed": steps_timed,
+                            "history": history,
+                            "peak_mib": peak_mib,
+                        }
+                        save_checkpoint(
+                            ckpt_dir / "last",
+                            adapted,
+                            optimizer,
+                            scheduler,
+                            scaler,
+                            step,
+                            {"meta": meta, "totals": totals},
+                        )
                     barrier()
                 if epoch_done and ctx.is_main:
-                    shutil.copytree(ckpt_dir / "last" / adapted.weights_dir, ckpt_dir / f"step-{step}", dirs_exist_ok=True)
-                    shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
+                    shutil.copytree(
+                        ckpt_dir / "last" / adapted.weights_dir, ckpt_dir / f"step-{step}", dirs_exist_ok=True
+                    )
+                    shown = ", ".join(
+                        f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items()
+                    )
                     ui.note(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown}")
                 if step >= total_steps:
                     break
@@ -403,8 +509,14 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     summary = {
         "model": loaded.arch.identity(cfg.model.name),
         "task": {"name": spec.name, "train_examples": len(train_data)},
-        "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule, "source": plan_source,
-                 "ranks_agreeing": ranks_agreeing},
+        "plan": {
+            "layers": plan.layers,
+            "k": plan.k,
+            "tau": plan.tau,
+            "rule": plan.rule,
+            "source": plan_source,
+            "ranks_agreeing": ranks_agreeing,
+        },
         "method": cfg.lora.method,
         "method_settings": adapted.settings,
         "lora": cfg.lora.model_dump(),
@@ -417,7 +529,8 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
         "history": history,
         "frozen_prefix": prefix,
         "mean_step_ms": {
-            name: round(v / steps_run, 3) for name, v in zip(("forward", "backward", "optimizer"), phase_totals)
+            name: round(v / steps_run, 3)
+            for name, v in zip(("forward", "backward", "optimizer"), phase_totals)
         },
         "train_seconds": round(train_seconds, 3),
         "samples_per_second": round(samples_done / train_seconds, 3) if train_seconds else None,

@@ -23,18 +23,28 @@ VARIANTS = {"max_length": ("max_length", False), "dynamic": ("dynamic", False), 
 
 def epoch_seconds(variant: str, args, run: Path) -> tuple[float, float]:
     padding, grouped = VARIANTS[variant]
-    cfg = load_config(args.config, [f"task.padding={padding}", f"train.group_by_length={grouped}",
-                                    f"task.max_train_examples={args.examples}",
-                                    f"task.max_eval_examples={args.batch_size}", "train.epochs=1",
-                                    f"train.batch_size={args.batch_size}", "rank.k=all"],
-                      {"output_dir": str(run)})
+    cfg = load_config(
+        args.config,
+        [
+            f"task.padding={padding}",
+            f"train.group_by_length={grouped}",
+            f"task.max_train_examples={args.examples}",
+            f"task.max_eval_examples={args.batch_size}",
+            "train.epochs=1",
+            f"train.batch_size={args.batch_size}",
+            "rank.k=all",
+        ],
+        {"output_dir": str(run)},
+    )
     summary = run_train(cfg)
     step_ms = sum(summary["mean_step_ms"].values())
     return step_ms * summary["steps"] / 1000, summary["final_metrics"]["validation"]["accuracy"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/minilm_movies.yaml")
     parser.add_argument("--examples", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -57,22 +67,30 @@ def main() -> None:
         from step_time import machine_name
 
     result = {
-        "machine": {"cpu": machine_name(), "threads": torch.get_num_threads()}, "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/padding.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "examples": args.examples, "batch_size": args.batch_size, "plan": "all layers",
-        "seconds": times, "median_s": {v: round(m, 3) for v, m in med.items()},
-        "ratio_dynamic_to_max_length": round(dyn / pad, 4), "ratio_grouped_to_max_length": round(grp / pad, 4),
+        "machine": {"cpu": machine_name(), "threads": torch.get_num_threads()},
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/padding.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "examples": args.examples,
+        "batch_size": args.batch_size,
+        "plan": "all layers",
+        "seconds": times,
+        "median_s": {v: round(m, 3) for v, m in med.items()},
+        "ratio_dynamic_to_max_length": round(dyn / pad, 4),
+        "ratio_grouped_to_max_length": round(grp / pad, 4),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"cpu-{torch.get_num_threads()}core"
     (out / f"padding_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = (f"# Dynamic padding vs padding to 128 ({result['machine']['cpu']}, {result['date']})\n\n"
-            f"`{result['command']}`\n\n| padding | epoch time of training steps (median s) |\n|---|---|\n"
-            f"| max_length (128) | {pad:.2f} |\n| dynamic | {dyn:.2f} |\n| dynamic, length-grouped | {grp:.2f} |\n\n"
-            f"ratio dynamic / max_length: **{dyn / pad:.3f}**; length-grouped / max_length: **{grp / pad:.3f}** "
-            f"(target <= 0.3)\n")
+    text = (
+        f"# Dynamic padding vs padding to 128 ({result['machine']['cpu']}, {result['date']})\n\n"
+        f"`{result['command']}`\n\n| padding | epoch time of training steps (median s) |\n|---|---|\n"
+        f"| max_length (128) | {pad:.2f} |\n| dynamic | {dyn:.2f} |\n| dynamic, length-grouped | {grp:.2f} |\n\n"
+        f"ratio dynamic / max_length: **{dyn / pad:.3f}**; length-grouped / max_length: **{grp / pad:.3f}** "
+        f"(target <= 0.3)\n"
+    )
     (out / f"padding_{tag}.md").write_text(text)
     print(text)
 

@@ -91,6 +91,7 @@ def time_frozen_forward(model, batches, device) -> list[float]:
 
 def time_span_backward(model, layer_module, batches, device) -> list[float]:
     """Backward only, on a graph cut explicitly at the lowest adapted layer's input."""
+
     def cut(_module, args, kwargs):
         if args:
             return (args[0].detach(),) + args[1:], kwargs
@@ -116,7 +117,9 @@ def time_span_backward(model, layer_module, batches, device) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/minilm_movies.yaml")
     parser.add_argument("--plans", nargs="+", default=["all", "3-5"], help="'all', 'lo-hi' or 'a,b,c'")
     parser.add_argument("--batches", type=int, default=12, help="batches per timing round")
@@ -131,7 +134,8 @@ def main() -> None:
     device, arch = loaded.device, loaded.arch
     data = encode(loaded.tokenizer, load_examples(cfg.task, spec, "train"), cfg.task.max_length, False)
     batches = [
-        collate(data, idx) for idx in batch_indices(len(data), args.batch_size, shuffle=True, seed=0)[: args.batches]
+        collate(data, idx)
+        for idx in batch_indices(len(data), args.batch_size, shuffle=True, seed=0)[: args.batches]
     ]
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
 
@@ -142,8 +146,14 @@ def main() -> None:
         model = apply_lora(copy.deepcopy(loaded.model), arch, cfg.lora, layers)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr)
-        variants[text] = {"layers": layers, "model": model, "optimizer": optimizer,
-                          "trainable": count_parameters(model)[0], "step": [], "span_backward": []}
+        variants[text] = {
+            "layers": layers,
+            "model": model,
+            "optimizer": optimizer,
+            "trainable": count_parameters(model)[0],
+            "step": [],
+            "span_backward": [],
+        }
     frozen = loaded.model
 
     # warm-up, then interleaved rounds
@@ -164,38 +174,62 @@ def main() -> None:
     for text, v in variants.items():
         step_ms = statistics.median(v["step"])
         floor_ms = frozen_ms + statistics.median(v["span_backward"])
-        rows.append({
-            "plan": text, "layers": v["layers"], "trainable_parameters": v["trainable"],
-            "step_ms_median": round(step_ms, 2), "step_ms_min": round(min(v["step"]), 2),
-            "ratio_to_" + baseline: round(step_ms / base_ms, 4),
-            "frozen_forward_ms": round(frozen_ms, 2),
-            "span_backward_ms": round(statistics.median(v["span_backward"]), 2),
-            "floor_ms": round(floor_ms, 2), "step_over_floor": round(step_ms / floor_ms, 4),
-        })
+        rows.append(
+            {
+                "plan": text,
+                "layers": v["layers"],
+                "trainable_parameters": v["trainable"],
+                "step_ms_median": round(step_ms, 2),
+                "step_ms_min": round(min(v["step"]), 2),
+                "ratio_to_" + baseline: round(step_ms / base_ms, 4),
+                "frozen_forward_ms": round(frozen_ms, 2),
+                "span_backward_ms": round(statistics.median(v["span_backward"]), 2),
+                "floor_ms": round(floor_ms, 2),
+                "step_over_floor": round(step_ms / floor_ms, 4),
+            }
+        )
     result = {
-        "machine": {"cpu": machine_name(), "cores": torch.get_num_threads(), "device": str(device),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "machine": {
+            "cpu": machine_name(),
+            "cores": torch.get_num_threads(),
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
         "versions": {"torch": torch.__version__},
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/step_time.py " + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()),
-        "model": cfg.model.name, "batch_size": args.batch_size, "batches_per_round": args.batches,
-        "reps": args.reps, "rows": rows,
+        "command": "python benchmarks/step_time.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+        ),
+        "model": cfg.model.name,
+        "batch_size": args.batch_size,
+        "batches_per_round": args.batches,
+        "reps": args.reps,
+        "rows": rows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "gpu-" + result["machine"]["gpu"].replace(" ", "_") if result["machine"]["gpu"] else f"cpu-{torch.get_num_threads()}core"
+    tag = (
+        "gpu-" + result["machine"]["gpu"].replace(" ", "_")
+        if result["machine"]["gpu"]
+        else f"cpu-{torch.get_num_threads()}core"
+    )
     (out / f"step_time_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Step time by plan ({result['machine']['cpu']}, {result['machine']['cores']} threads, {result['date']})",
-        "", f"`{result['command']}`", "",
+        "",
+        f"`{result['command']}`",
+        "",
         f"| plan | layers | trainable | step ms (median) | ratio to {baseline} | frozen fwd ms | span bwd ms | floor ms | step / floor |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['plan']} | {r['layers']} | {r['trainable_parameters']:,} | {r['step_ms_median']} "
-                     f"| {r['ratio_to_' + baseline]} | {r['frozen_forward_ms']} | {r['span_backward_ms']} "
-                     f"| {r['floor_ms']} | {r['step_over_floor']} |")
+        lines.append(
+            f"| {r['plan']} | {r['layers']} | {r['trainable_parameters']:,} | {r['step_ms_median']} "
+            f"| {r['ratio_to_' + baseline]} | {r['frozen_forward_ms']} | {r['span_backward_ms']} "
+            f"| {r['floor_ms']} | {r['step_over_floor']} |"
+        )
     text = "\n".join(lines) + "\n"
     (out / f"step_time_{tag}.md").write_text(text)
     print(text)

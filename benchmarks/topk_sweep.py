@@ -65,19 +65,31 @@ def time_phases(model, optimizer, batches, device) -> list[dict]:
         optimizer.zero_grad(set_to_none=True)
         timer.mark()
         fwd, bwd, opt = timer.durations_ms()
-        out.append({"forward": fwd, "backward": bwd, "optimizer": opt, "mem_after_forward": after_forward,
-                    "mem_peak": peak, "mem_after_step": timer.memory()})
+        out.append(
+            {
+                "forward": fwd,
+                "backward": bwd,
+                "optimizer": opt,
+                "mem_after_forward": after_forward,
+                "mem_peak": peak,
+                "mem_after_step": timer.memory(),
+            }
+        )
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/minilm_movies.yaml")
     parser.add_argument("--probe-steps", type=int, default=50)
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--set", action="append", default=[], help="config override key=value (e.g. model.random_init=true)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="config override key=value (e.g. model.random_init=true)"
+    )
     parser.add_argument("--work", default="/tmp/actlora_topk_bench")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -92,7 +104,10 @@ def main() -> None:
     scores = run_probe(cfg.model_copy(update={"output_dir": args.work}), loaded)["scores"]
     ranking = select(scores, k="all").ranking
 
-    batches = [collate(data, idx) for idx in batch_indices(len(data), args.batch_size, shuffle=True, seed=0)[: args.batches]]
+    batches = [
+        collate(data, idx)
+        for idx in batch_indices(len(data), args.batch_size, shuffle=True, seed=0)[: args.batches]
+    ]
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     variants = {}
     torch.manual_seed(0)
@@ -101,9 +116,17 @@ def main() -> None:
         model = apply_lora(copy.deepcopy(loaded.model), arch, cfg.lora, layers)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
         trainable = count_parameters(model)[0]
-        variants[k] = {"layers": layers, "model": model, "optimizer": optimizer, "trainable": trainable,
-                       "steps": [], "saved_mib": saved_bytes(model, {x: v for x, v in batches[0].items() if x != "labels"},
-                                                             batches[0]["labels"]) / 2**20}
+        variants[k] = {
+            "layers": layers,
+            "model": model,
+            "optimizer": optimizer,
+            "trainable": trainable,
+            "steps": [],
+            "saved_mib": saved_bytes(
+                model, {x: v for x, v in batches[0].items() if x != "labels"}, batches[0]["labels"]
+            )
+            / 2**20,
+        }
     for v in variants.values():
         time_phases(v["model"], v["optimizer"], batches[:2], device)  # warm-up
     for rep in range(args.reps):
@@ -116,11 +139,17 @@ def main() -> None:
     rows = []
     for k, v in variants.items():
         med = {p: statistics.median(s[p] for s in v["steps"]) for p in ("forward", "backward", "optimizer")}
-        row = {"k": k, "layers": v["layers"], "trainable_parameters": v["trainable"],
-               **{f"{p}_ms": round(m, 2) for p, m in med.items()},
-               "total_ms": round(statistics.median(s["forward"] + s["backward"] + s["optimizer"] for s in v["steps"]), 2),
-               "saved_for_backward_mib": round(v["saved_mib"], 1),
-               "trainable_state_mib": round(16 * v["trainable"] / 2**20, 2)}
+        row = {
+            "k": k,
+            "layers": v["layers"],
+            "trainable_parameters": v["trainable"],
+            **{f"{p}_ms": round(m, 2) for p, m in med.items()},
+            "total_ms": round(
+                statistics.median(s["forward"] + s["backward"] + s["optimizer"] for s in v["steps"]), 2
+            ),
+            "saved_for_backward_mib": round(v["saved_mib"], 1),
+            "trainable_state_mib": round(16 * v["trainable"] / 2**20, 2),
+        }
         if device.type == "cuda":
             for key in ("mem_after_forward", "mem_peak", "mem_after_step"):
                 row[key + "_mib"] = max(s[key] for s in v["steps"])
@@ -134,29 +163,60 @@ def main() -> None:
     except ImportError:  # run as `python benchmarks/padding.py`: the folder itself is on the path
         from step_time import machine_name
 
-    tag = "gpu-" + torch.cuda.get_device_name().replace(" ", "-") if device.type == "cuda" else f"cpu-{torch.get_num_threads()}core"
-    result = {"machine": {"cpu": machine_name(), "threads": torch.get_num_threads(), "device": str(device), "label": tag},
-              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "command": "python -m benchmarks.topk_sweep " + " ".join(
-                  f"--{a.replace('_', '-')} {v}" for a, v in vars(args).items() if a != "set")
-              + "".join(f" --set {s}" for s in args.set),
-              "model": arch.identity(cfg.model.name), "batch_size": args.batch_size, "ranking": ranking,
-              "scorer": cfg.probe.scorer, "site": cfg.probe.site, "rows": rows}
+    tag = (
+        "gpu-" + torch.cuda.get_device_name().replace(" ", "-")
+        if device.type == "cuda"
+        else f"cpu-{torch.get_num_threads()}core"
+    )
+    result = {
+        "machine": {
+            "cpu": machine_name(),
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "label": tag,
+        },
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python -m benchmarks.topk_sweep "
+        + " ".join(f"--{a.replace('_', '-')} {v}" for a, v in vars(args).items() if a != "set")
+        + "".join(f" --set {s}" for s in args.set),
+        "model": arch.identity(cfg.model.name),
+        "batch_size": args.batch_size,
+        "ranking": ranking,
+        "scorer": cfg.probe.scorer,
+        "site": cfg.probe.site,
+        "rows": rows,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = f"topk_sweep_{tag}"
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     head = "| k | layers | trainable | forward ms | backward ms | optimizer ms | total ms | ratio to k=L |"
-    mem_cols = (" after fwd MiB | peak MiB | after step MiB |" if device.type == "cuda"
-                else " saved for backward MiB | trainable state MiB |")
-    lines = [f"# Top-k step time and memory by phase ({result['machine']['cpu']}, {device}, {result['date']})", "",
-             f"`{result['command']}`", "", f"ranking ({cfg.probe.scorer}, {cfg.probe.site}): {ranking}", "",
-             head + mem_cols, "|" + "---|" * (8 + (3 if device.type == "cuda" else 2))]
+    mem_cols = (
+        " after fwd MiB | peak MiB | after step MiB |"
+        if device.type == "cuda"
+        else " saved for backward MiB | trainable state MiB |"
+    )
+    lines = [
+        f"# Top-k step time and memory by phase ({result['machine']['cpu']}, {device}, {result['date']})",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"ranking ({cfg.probe.scorer}, {cfg.probe.site}): {ranking}",
+        "",
+        head + mem_cols,
+        "|" + "---|" * (8 + (3 if device.type == "cuda" else 2)),
+    ]
     for r in rows:
-        mem = (f" {r['mem_after_forward_mib']} | {r['mem_peak_mib']} | {r['mem_after_step_mib']} |" if device.type == "cuda"
-               else f" {r['saved_for_backward_mib']} | {r['trainable_state_mib']} |")
-        lines.append(f"| {r['k']} | {r['layers']} | {r['trainable_parameters']:,} | {r['forward_ms']} | {r['backward_ms']} "
-                     f"| {r['optimizer_ms']} | {r['total_ms']} | {r['ratio_to_all']} |" + mem)
+        mem = (
+            f" {r['mem_after_forward_mib']} | {r['mem_peak_mib']} | {r['mem_after_step_mib']} |"
+            if device.type == "cuda"
+            else f" {r['saved_for_backward_mib']} | {r['trainable_state_mib']} |"
+        )
+        lines.append(
+            f"| {r['k']} | {r['layers']} | {r['trainable_parameters']:,} | {r['forward_ms']} | {r['backward_ms']} "
+            f"| {r['optimizer_ms']} | {r['total_ms']} | {r['ratio_to_all']} |" + mem
+        )
     text = "\n".join(lines) + "\n"
     (out / f"{name}.md").write_text(text)
     print(text)

@@ -53,7 +53,9 @@ except ImportError:
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = {"cpu": 1.15, "cuda": 1.3}
 TARGET_ACCURACY_POINTS = 0.5
-NOISY_OTHERS = 0.10  # share of the machine's CPU time other processes took during a run, above which it is noisy
+NOISY_OTHERS = (
+    0.10  # share of the machine's CPU time other processes took during a run, above which it is noisy
+)
 
 # TrainingArguments set away from their defaults, and why (the rest stay at transformers' defaults)
 TRAINER_SETTINGS_WHY = {
@@ -77,23 +79,37 @@ TRAINER_DEFAULTS_KEPT = (
     "report_to none, torch_compile False, remove_unused_columns True, progress bar (tqdm) on"
 )
 DIFFERENCES = [
-    ("Warm-up: actlora's step s < w runs at (s + 1) / (w + 1) of the peak with w = round(ratio x steps); the "
-    "Trainer's at s / w with w = ceil(ratio x steps), so its first step has lr 0. Both decay linearly to 0 "
-    "after w (the warm-up step counts of each run are in the results)."),
-    ("Optimizer: the Trainer's default AdamW is torch's fused kernel (on CPU too); actlora uses fused AdamW on "
-    "CUDA and torch's default (foreach) on CPU. Same betas, eps and weight decay."),
-    ("Weight decay: the Trainer exempts biases and LayerNorm weights, actlora decays every trainable parameter; "
-    "this matters only when train.weight_decay > 0 (default 0)."),
-    ("Data order and dropout draws differ (actlora shuffles with its own seeded batch plan, the Trainer with "
-    "its sampler), so the two never see the same batch sequence: accuracies differ by run-to-run noise even "
-    "with identical settings; the per-seed differences show how much."),
-    ("Logging: actlora writes one JSON line per step (flushed); the Trainer logs every 500 steps. Both show a "
-    "progress bar. Both are in the timed loop, as a user gets them."),
-    ("Checkpoints: both save at each epoch end inside the timed loop (actlora: adapter + optimizer/scheduler/RNG "
-    "state, and a copy of the adapter per epoch; the Trainer: adapter, optimizer, scheduler, RNG, trainer "
-    "state and the tokenizer files)."),
-    ("peft wrapper: the Trainer path uses task_type=SEQ_CLS (PeftModelForSequenceClassification), actlora a "
-    "plain PeftModel; same adapted modules and trainable parameters (checked)."),
+    (
+        "Warm-up: actlora's step s < w runs at (s + 1) / (w + 1) of the peak with w = round(ratio x steps); the "
+        "Trainer's at s / w with w = ceil(ratio x steps), so its first step has lr 0. Both decay linearly to 0 "
+        "after w (the warm-up step counts of each run are in the results)."
+    ),
+    (
+        "Optimizer: the Trainer's default AdamW is torch's fused kernel (on CPU too); actlora uses fused AdamW on "
+        "CUDA and torch's default (foreach) on CPU. Same betas, eps and weight decay."
+    ),
+    (
+        "Weight decay: the Trainer exempts biases and LayerNorm weights, actlora decays every trainable parameter; "
+        "this matters only when train.weight_decay > 0 (default 0)."
+    ),
+    (
+        "Data order and dropout draws differ (actlora shuffles with its own seeded batch plan, the Trainer with "
+        "its sampler), so the two never see the same batch sequence: accuracies differ by run-to-run noise even "
+        "with identical settings; the per-seed differences show how much."
+    ),
+    (
+        "Logging: actlora writes one JSON line per step (flushed); the Trainer logs every 500 steps. Both show a "
+        "progress bar. Both are in the timed loop, as a user gets them."
+    ),
+    (
+        "Checkpoints: both save at each epoch end inside the timed loop (actlora: adapter + optimizer/scheduler/RNG "
+        "state, and a copy of the adapter per epoch; the Trainer: adapter, optimizer, scheduler, RNG, trainer "
+        "state and the tokenizer files)."
+    ),
+    (
+        "peft wrapper: the Trainer path uses task_type=SEQ_CLS (PeftModelForSequenceClassification), actlora a "
+        "plain PeftModel; same adapted modules and trainable parameters (checked)."
+    ),
 ]
 
 
@@ -101,27 +117,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/minilm_movies_demo.yaml", help="base config (YAML)")
     p.add_argument("--examples", type=int, default=2000, help="training examples: the task's first N (2000)")
-    p.add_argument("--eval-examples", type=int, default=None, help="validation examples (default: the config's)")
+    p.add_argument(
+        "--eval-examples", type=int, default=None, help="validation examples (default: the config's)"
+    )
     p.add_argument("--epochs", type=int, default=2, help="epochs (2)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the config's)")
     p.add_argument("--reps", type=int, default=4, help="timed runs of each stack, interleaved ABBA (4)")
     p.add_argument("--seed", type=int, default=0, help="seed of rep 0; rep r uses seed + r (0)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="both stacks (fp32)")
-    p.add_argument("--warmup-examples", type=int, default=64, help="examples of the untimed warm-up (0: none)")
+    p.add_argument(
+        "--warmup-examples", type=int, default=64, help="examples of the untimed warm-up (0: none)"
+    )
     p.add_argument("--machine", default=None, help="label in the file names (default: e.g. cpu-2core)")
     p.add_argument("--work", type=Path, default=Path("/tmp/actlora_vs_trainer"), help="scratch folder")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output folder")
     return p.parse_args(argv)
 
 
-def make_config(args: argparse.Namespace, run_dir: Path, seed: int, examples: int, eval_examples: int | None,
-                epochs: int) -> Config:
+def make_config(
+    args: argparse.Namespace, run_dir: Path, seed: int, examples: int, eval_examples: int | None, epochs: int
+) -> Config:
     """The base config with what must be equal pinned: every layer, plain LoRA, dynamic padding, no extras."""
     overrides = [
-        "rank.k=all", "lora.method=lora", "task.padding=dynamic", "train.group_by_length=false",
-        "train.grad_accum=1", "train.max_steps=null", "train.save_every=null", 'train.prefix_cache="off"',
-        f"task.max_train_examples={examples}", f"train.epochs={epochs}", f"train.seed={seed}",
-        "model.dtype=float32", f"train.precision={args.precision}",
+        "rank.k=all",
+        "lora.method=lora",
+        "task.padding=dynamic",
+        "train.group_by_length=false",
+        "train.grad_accum=1",
+        "train.max_steps=null",
+        "train.save_every=null",
+        'train.prefix_cache="off"',
+        f"task.max_train_examples={examples}",
+        f"train.epochs={epochs}",
+        f"train.seed={seed}",
+        "model.dtype=float32",
+        f"train.precision={args.precision}",
     ]
     if eval_examples is not None:
         overrides.append(f"task.max_eval_examples={eval_examples}")
@@ -203,11 +233,17 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
     set_seed(t.seed)
     source = resolve_source(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=spec.num_labels,
-                                                               dtype=torch.float32)
-    arch = locate(model)  # only to name the same modules actlora adapts (for MiniLM: query, value; classifier)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=spec.num_labels, dtype=torch.float32
+    )
+    arch = locate(
+        model
+    )  # only to name the same modules actlora adapts (for MiniLM: query, value; classifier)
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
         target_modules=[s.rsplit(".", 1)[-1] for s in target_suffixes(arch, cfg.lora.targets)],
         modules_to_save=list(arch.head_modules),
     )
@@ -217,8 +253,12 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         examples = load_examples(cfg.task, spec, split)  # the same examples actlora reads (the first N)
         columns = {f: examples.texts[i] for i, f in enumerate(spec.text_fields)}
         raw = datasets.Dataset.from_dict({**columns, "label": examples.labels})
-        encoded = raw.map(lambda b: tokenizer(*[b[f] for f in spec.text_fields], truncation=True,
-                                              max_length=cfg.task.max_length), batched=True)
+        encoded = raw.map(
+            lambda b: tokenizer(
+                *[b[f] for f in spec.text_fields], truncation=True, max_length=cfg.task.max_length
+            ),
+            batched=True,
+        )
         ours = encoded_split(tokenizer, cfg.task, spec, split)
         assert encoded["input_ids"] == ours.input_ids, f"{split}: tokenised differently from actlora"
         return encoded
@@ -226,7 +266,9 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
     train_ds, eval_ds = dataset(cfg.task.train_split), dataset("validation")
 
     def accuracy(prediction) -> dict[str, float]:
-        return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
+        return {
+            "accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())
+        }
 
     class LoopClock(TrainerCallback):
         begin = end = 0.0
@@ -255,9 +297,14 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         fp16=t.precision == "fp16",
     )
     trainer = Trainer(
-        model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=accuracy, callbacks=[LoopClock()],
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=accuracy,
+        callbacks=[LoopClock()],
     )
     eval_seconds: list[float] = []
     trainer.evaluate = timed(trainer.evaluate, eval_seconds)
@@ -279,9 +326,12 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "others_cpu_share": others_share(ticks, wall),
         "target_modules": sorted(lora.target_modules),
-        "modules_to_save": sorted(set(lora.modules_to_save or [])),  # SEQ_CLS adds classifier and score itself
-        "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer")
-                          else trainer.optimizer).__name__,
+        "modules_to_save": sorted(
+            set(lora.modules_to_save or [])
+        ),  # SEQ_CLS adds classifier and score itself
+        "optimizer": type(
+            trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+        ).__name__,
         "optim": str(getattr(training_args.optim, "value", training_args.optim)),
     }
     del trainer, model
@@ -301,26 +351,42 @@ def versions() -> dict[str, str]:
     import peft
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__, "datasets": datasets.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "datasets": datasets.__version__,
+    }
 
 
 def markdown(doc: dict[str, Any]) -> str:
     s, m = doc["settings"], doc["summary"]
     lines = [
-        f"# actlora train vs transformers Trainer + peft ({doc['machine_label']}, {doc['date'][:10]})", "",
-        f"`{doc['command']}`", "",
+        f"# actlora train vs transformers Trainer + peft ({doc['machine_label']}, {doc['date'][:10]})",
+        "",
+        f"`{doc['command']}`",
+        "",
         f"{doc['machine']['cpu']}, {doc['machine']['torch_threads']} torch threads, device {doc['machine']['device']}"
-        + (f" ({doc['machine']['gpu']})" if "gpu" in doc["machine"] else "") + "; "
-        + ", ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".", "",
-        (f"{s['model']} on `{s['task']}`: {s['train_examples']} training and {s['eval_examples']} validation "
-        f"examples (max_length {s['max_length']}, dynamic padding), LoRA r={s['lora_r']} alpha={s['lora_alpha']} "
-        f"dropout={s['lora_dropout']} on {', '.join(s['lora_targets'])} of all layers + trainable head, batch "
-        f"{s['batch_size']}, {s['epochs']} epoch(s), lr {s['lr']}, warm-up ratio {s['warmup_ratio']} then linear "
-        f"decay, weight decay {s['weight_decay']}, clip {s['max_grad_norm']}, {s['precision']}."), "",
-        f"Throughput: {doc['definition']['samples_per_s']}", "",
-        ("| rep | seed | order | ours samples/s | Trainer samples/s | ratio | ours acc | Trainer acc "
-        "| diff (points) | others' CPU |"),
+        + (f" ({doc['machine']['gpu']})" if "gpu" in doc["machine"] else "")
+        + "; "
+        + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
+        + ".",
+        "",
+        (
+            f"{s['model']} on `{s['task']}`: {s['train_examples']} training and {s['eval_examples']} validation "
+            f"examples (max_length {s['max_length']}, dynamic padding), LoRA r={s['lora_r']} alpha={s['lora_alpha']} "
+            f"dropout={s['lora_dropout']} on {', '.join(s['lora_targets'])} of all layers + trainable head, batch "
+            f"{s['batch_size']}, {s['epochs']} epoch(s), lr {s['lr']}, warm-up ratio {s['warmup_ratio']} then linear "
+            f"decay, weight decay {s['weight_decay']}, clip {s['max_grad_norm']}, {s['precision']}."
+        ),
+        "",
+        f"Throughput: {doc['definition']['samples_per_s']}",
+        "",
+        (
+            "| rep | seed | order | ours samples/s | Trainer samples/s | ratio | ours acc | Trainer acc "
+            "| diff (points) | others' CPU |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["reps"]:
@@ -329,28 +395,48 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {r['rep']} | {r['seed']} | {' '.join(r['order'])} | {o['samples_per_s']:.2f} | "
             f"{t['samples_per_s']:.2f} | {r['ratio']:.3f} | {o['accuracy']:.4f} | {t['accuracy']:.4f} | "
-            f"{r['accuracy_diff_points']:+.2f} | {others:.0%}{' (noisy)' if r['noisy'] else ''} |")
+            f"{r['accuracy_diff_points']:+.2f} | {others:.0%}{' (noisy)' if r['noisy'] else ''} |"
+        )
     lines += [
         "",
-        (f"Median samples/s: ours **{m['ours_samples_per_s_median']:.2f}**, Trainer "
-        f"**{m['trainer_samples_per_s_median']:.2f}**; ratio of medians **{m['ratio_of_medians']:.3f}** (median "
-        f"of per-pair ratios {m['median_pair_ratio']:.3f}; target >= {m['target_ratio']}: "
-        f"{'met' if m['ratio_target_met'] else 'not met'})."),
-        (f"With epoch-end evaluation in the wall time: ours {m['ours_samples_per_s_with_eval_median']:.2f}, Trainer "
-        f"{m['trainer_samples_per_s_with_eval_median']:.2f}, ratio {m['ratio_of_medians_with_eval']:.3f}."),
-        (f"Final validation accuracy (mean over seeds): ours {m['ours_accuracy_mean']:.4f}, Trainer "
-        f"{m['trainer_accuracy_mean']:.4f}; difference **{m['accuracy_diff_points_mean']:+.2f} points** "
-        f"(target within {TARGET_ACCURACY_POINTS}: {'met' if m['accuracy_target_met'] else 'not met'})."),
-        (f"Steps per run: {m['steps']} (both); warm-up steps ours {m['warmup_steps']['ours']}, Trainer "
-        f"{m['warmup_steps']['trainer']}; trainable parameters {m['trainable_parameters']:,} (both)."), "",
-        "## The Trainer side", "",
-        "TrainingArguments set (everything else at transformers' defaults):", "",
+        (
+            f"Median samples/s: ours **{m['ours_samples_per_s_median']:.2f}**, Trainer "
+            f"**{m['trainer_samples_per_s_median']:.2f}**; ratio of medians **{m['ratio_of_medians']:.3f}** (median "
+            f"of per-pair ratios {m['median_pair_ratio']:.3f}; target >= {m['target_ratio']}: "
+            f"{'met' if m['ratio_target_met'] else 'not met'})."
+        ),
+        (
+            f"With epoch-end evaluation in the wall time: ours {m['ours_samples_per_s_with_eval_median']:.2f}, Trainer "
+            f"{m['trainer_samples_per_s_with_eval_median']:.2f}, ratio {m['ratio_of_medians_with_eval']:.3f}."
+        ),
+        (
+            f"Final validation accuracy (mean over seeds): ours {m['ours_accuracy_mean']:.4f}, Trainer "
+            f"{m['trainer_accuracy_mean']:.4f}; difference **{m['accuracy_diff_points_mean']:+.2f} points** "
+            f"(target within {TARGET_ACCURACY_POINTS}: {'met' if m['accuracy_target_met'] else 'not met'})."
+        ),
+        (
+            f"Steps per run: {m['steps']} (both); warm-up steps ours {m['warmup_steps']['ours']}, Trainer "
+            f"{m['warmup_steps']['trainer']}; trainable parameters {m['trainable_parameters']:,} (both)."
+        ),
+        "",
+        "## The Trainer side",
+        "",
+        "TrainingArguments set (everything else at transformers' defaults):",
+        "",
     ]
     lines += [f"- `{k}`: {why}" for k, why in doc["trainer"]["settings_set"].items()]
-    lines += ["", f"Defaults kept: {doc['trainer']['defaults_kept']}.", "",
-              (f"Optimizer it built: {doc['trainer']['optimizer']}; LoRA targets {doc['trainer']['target_modules']}, "
-              f"modules_to_save {doc['trainer']['modules_to_save']}."), "",
-              "## Where the stacks differ (possible biases)", ""]
+    lines += [
+        "",
+        f"Defaults kept: {doc['trainer']['defaults_kept']}.",
+        "",
+        (
+            f"Optimizer it built: {doc['trainer']['optimizer']}; LoRA targets {doc['trainer']['target_modules']}, "
+            f"modules_to_save {doc['trainer']['modules_to_save']}."
+        ),
+        "",
+        "## Where the stacks differ (possible biases)",
+        "",
+    ]
     lines += [f"- {d}" for d in doc["differences"]]
     return "\n".join(lines) + "\n"
 
@@ -366,8 +452,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eval_examples = len(load_examples(base.task, spec, "validation"))
 
     if args.warmup_examples:
-        cfg = make_config(args, work / "warmup_ours", args.seed, args.warmup_examples, args.warmup_examples,
-                          1)
+        cfg = make_config(
+            args, work / "warmup_ours", args.seed, args.warmup_examples, args.warmup_examples, 1
+        )
         run_ours(cfg)
         tidy()
         run_trainer(cfg, work / "warmup_trainer")
@@ -381,11 +468,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {"rep": rep, "seed": seed, "order": order}
         for variant in order:
             cfg = make_config(args, work / f"ours{rep}", seed, args.examples, args.eval_examples, args.epochs)
-            row[variant] = finish(run_ours(cfg) if variant == "ours" else run_trainer(cfg, work / f"trainer{rep}"))
+            row[variant] = finish(
+                run_ours(cfg) if variant == "ours" else run_trainer(cfg, work / f"trainer{rep}")
+            )
             tidy()
             r = row[variant]
-            print(f"rep {rep} {variant:>7}: {r['samples_per_s']:.2f} samples/s ({r['samples']} in "
-                  f"{r['train_s']:.1f} s + {r['eval_s']:.1f} s eval), accuracy {r['accuracy']:.4f}", flush=True)
+            print(
+                f"rep {rep} {variant:>7}: {r['samples_per_s']:.2f} samples/s ({r['samples']} in "
+                f"{r['train_s']:.1f} s + {r['eval_s']:.1f} s eval), accuracy {r['accuracy']:.4f}",
+                flush=True,
+            )
         o, t = row["ours"], row["trainer"]
         assert o["steps"] == t["steps"] and o["samples"] == t["samples"], "the stacks ran different schedules"
         assert o["trainable_parameters"] == t["trainable_parameters"], "the stacks train different parameters"
@@ -411,7 +503,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ours_samples_per_s_with_eval_median": round(med("ours", "samples_per_s_with_eval"), 3),
         "trainer_samples_per_s_with_eval_median": round(med("trainer", "samples_per_s_with_eval"), 3),
         "ratio_of_medians_with_eval": round(
-            med("ours", "samples_per_s_with_eval") / med("trainer", "samples_per_s_with_eval"), 4),
+            med("ours", "samples_per_s_with_eval") / med("trainer", "samples_per_s_with_eval"), 4
+        ),
         "target_ratio": target,
         "ratio_target_met": ratio >= target,
         "ours_accuracy_mean": round(statistics.mean(r["ours"]["accuracy"] for r in reps), 4),
@@ -434,14 +527,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "code": code_identity(actlora_train),
         "settings": {
-            "config": args.config, "model": base.model.name, "task": spec.name,
-            "train_examples": args.examples, "eval_examples": eval_examples, "max_length": base.task.max_length,
-            "padding": "dynamic (actlora collate / DataCollatorWithPadding)", "layers": "all",
-            "lora_r": base.lora.r, "lora_alpha": base.lora.alpha, "lora_dropout": base.lora.dropout,
-            "lora_targets": base.lora.targets, "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size,
-            "epochs": args.epochs, "lr": t.lr, "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay,
-            "max_grad_norm": t.max_grad_norm, "precision": args.precision, "reps": args.reps,
-            "seeds": [r["seed"] for r in reps], "order": "untimed warm-up of each, then ABBA",
+            "config": args.config,
+            "model": base.model.name,
+            "task": spec.name,
+            "train_examples": args.examples,
+            "eval_examples": eval_examples,
+            "max_length": base.task.max_length,
+            "padding": "dynamic (actlora collate / DataCollatorWithPadding)",
+            "layers": "all",
+            "lora_r": base.lora.r,
+            "lora_alpha": base.lora.alpha,
+            "lora_dropout": base.lora.dropout,
+            "lora_targets": base.lora.targets,
+            "batch_size": t.batch_size,
+            "eval_batch_size": t.eval_batch_size,
+            "epochs": args.epochs,
+            "lr": t.lr,
+            "warmup_ratio": t.warmup_ratio,
+            "weight_decay": t.weight_decay,
+            "max_grad_norm": t.max_grad_norm,
+            "precision": args.precision,
+            "reps": args.reps,
+            "seeds": [r["seed"] for r in reps],
+            "order": "untimed warm-up of each, then ABBA",
             "warmup_examples": args.warmup_examples,
         },
         "definition": {
@@ -454,7 +562,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "others_cpu_share": "share of the machine's CPU capacity other processes took during the run (/proc)",
         },
         "trainer": {
-            "settings_set": TRAINER_SETTINGS_WHY, "defaults_kept": TRAINER_DEFAULTS_KEPT,
+            "settings_set": TRAINER_SETTINGS_WHY,
+            "defaults_kept": TRAINER_DEFAULTS_KEPT,
             "optimizer": first["trainer"]["optimizer"] + f" (optim={first['trainer']['optim']})",
             "target_modules": first["trainer"]["target_modules"],
             "modules_to_save": first["trainer"]["modules_to_save"],

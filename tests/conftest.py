@@ -23,17 +23,29 @@ NUM_LAYERS = 4
 def _config(family: str, vocab_size: int, hidden: int = 32):
     import transformers as tf
 
-    common = {"vocab_size": vocab_size, "hidden_size": hidden, "num_hidden_layers": NUM_LAYERS,
-              "num_attention_heads": 4, "intermediate_size": 2 * hidden, "max_position_embeddings": 96,
-              "pad_token_id": 0}
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "num_hidden_layers": NUM_LAYERS,
+        "num_attention_heads": 4,
+        "intermediate_size": 2 * hidden,
+        "max_position_embeddings": 96,
+        "pad_token_id": 0,
+    }
     if family == "bert":
         return tf.BertConfig(**common)
     if family == "roberta":
         return tf.RobertaConfig(**common)
     if family == "deberta-v2":
-        return tf.DebertaV2Config(**common, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                  position_buckets=16, max_relative_positions=-1, pooler_hidden_size=32,
-                                  type_vocab_size=0)
+        return tf.DebertaV2Config(
+            **common,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=16,
+            max_relative_positions=-1,
+            pooler_hidden_size=32,
+            type_vocab_size=0,
+        )
     decoder = dict(common, num_key_value_heads=2)
     return {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family](**decoder)
 
@@ -44,10 +56,17 @@ def make_tiny_model(
     """A random-weight sequence classifier of ``family`` with 4 layers, saved as a model folder.
     ``dropout=0`` turns the model's own dropout off (runs then depend on data order only); ``hidden`` must be
     a multiple of 64 for bitsandbytes' 4-bit CPU inference kernels."""
-    folder = root / (family + ("" if dropout is None else f"-dropout{dropout}") + ("" if hidden == 32 else f"-h{hidden}"))
+    folder = root / (
+        family + ("" if dropout is None else f"-dropout{dropout}") + ("" if hidden == 32 else f"-h{hidden}")
+    )
     config = _config(family, len(tokenizer(False)), hidden)
     if dropout is not None:
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "attention_dropout"):
+        for key in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "classifier_dropout",
+            "attention_dropout",
+        ):
             if hasattr(config, key):
                 setattr(config, key, dropout)
     save_model(folder, config, decoder=family in ("llama", "mistral", "qwen2"), seed=seed)
@@ -72,8 +91,14 @@ def tiny_config(model_dir: Path, task_files: dict[str, str], run_dir: Path, **se
     """A config dict for a tiny model on the tiny task; ``sections`` update sections key by key."""
     cfg = {
         "model": {"name": str(model_dir)},
-        "task": {"name": "custom", "files": task_files, "text_fields": ["text"], "label_field": "label",
-                 "num_labels": 2, "max_length": 32},
+        "task": {
+            "name": "custom",
+            "files": task_files,
+            "text_fields": ["text"],
+            "label_field": "label",
+            "num_labels": 2,
+            "max_length": 32,
+        },
         "probe": {"steps": 3, "batch_size": 8},
         "train": {"batch_size": 8, "eval_batch_size": 16, "epochs": 1},
         "output_dir": str(run_dir),

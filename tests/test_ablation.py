@@ -17,8 +17,15 @@ from tests.conftest import NUM_LAYERS, tiny_config
 
 @pytest.fixture(scope="module")
 def trained_all(tmp_path_factory, tiny_models, tiny_task):
-    cfg = Config.model_validate(tiny_config(tiny_models["bert"], tiny_task, tmp_path_factory.mktemp("abl") / "run",
-                                            rank={"k": "all"}, train={"epochs": 2, "lr": 2e-2}))
+    cfg = Config.model_validate(
+        tiny_config(
+            tiny_models["bert"],
+            tiny_task,
+            tmp_path_factory.mktemp("abl") / "run",
+            rank={"k": "all"},
+            train={"epochs": 2, "lr": 2e-2},
+        )
+    )
     train.run_train(cfg)
     return cfg
 
@@ -47,7 +54,9 @@ def test_drops_match_zeroing_lora_b(trained_all):
         dropped = full - evaluate_metrics(model, data, spec, 16, ctx)["accuracy"]
         for name in ("q", "v"):
             with torch.no_grad():
-                base.get_submodule(loaded.arch.projections[name][layer]).lora_B["default"].weight.copy_(saved[name])
+                base.get_submodule(loaded.arch.projections[name][layer]).lora_B["default"].weight.copy_(
+                    saved[name]
+                )
         assert doc["drop"]["both"][layer] == pytest.approx(dropped, abs=1e-12)
 
 
@@ -74,12 +83,23 @@ def test_switch_is_restored(trained_all):
 def test_ablation_refuses_a_partial_plan(tmp_path, tiny_models, tiny_task):
     from actlora_cli import artifacts
 
-    cfg = Config.model_validate(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run",
-                                            train={"max_steps": 2}))
+    cfg = Config.model_validate(
+        tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run", train={"max_steps": 2})
+    )
     cfg.run_dir.mkdir(parents=True)
-    artifacts.write_artifact(cfg.run_dir / "selection.json", "selection",
-                             {"layers": [2, 3], "k": 2, "tau": None, "rule": "top_k", "ranking": [2, 3],
-                              "cumulative_importance": [1, 1], "model": {"name": cfg.model.name}})
+    artifacts.write_artifact(
+        cfg.run_dir / "selection.json",
+        "selection",
+        {
+            "layers": [2, 3],
+            "k": 2,
+            "tau": None,
+            "rule": "top_k",
+            "ranking": [2, 3],
+            "cumulative_importance": [1, 1],
+            "model": {"name": cfg.model.name},
+        },
+    )
     train.run_train(cfg)
     with pytest.raises(ArtifactError, match="--k all"):
         run_ablation(cfg)

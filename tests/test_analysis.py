@@ -44,6 +44,7 @@ def _no_nan_json(text: str):
 
 # ---- seed stability (Tables 9, 10) ----
 
+
 def test_kendall_one_swap_is_two_thirds_and_pairs_are_all_seed_pairs():
     result = seed_stability([DESC, DESC, ONE_SWAP], ks=[2])
     assert result["n_pairs"] == 3 and result["pairs"] == [[0, 1], [0, 2], [1, 2]]
@@ -101,8 +102,13 @@ def test_constant_seed_gives_undefined_tau_not_nan():
 
 @pytest.mark.parametrize(
     "scores, ks, where",
-    [([DESC], [1], "scores_by_seed"), ([DESC, DESC], [0, 5], "ks"), ([DESC, [1.0, 2.0]], [1], "seed 1"),
-     ([DESC, [1.0, float("nan"), 2.0, 3.0]], [1], "seed 1"), ([DESC, [1.0, None, 2.0, 3.0]], [1], "seed 1")],
+    [
+        ([DESC], [1], "scores_by_seed"),
+        ([DESC, DESC], [0, 5], "ks"),
+        ([DESC, [1.0, 2.0]], [1], "seed 1"),
+        ([DESC, [1.0, float("nan"), 2.0, 3.0]], [1], "seed 1"),
+        ([DESC, [1.0, None, 2.0, 3.0]], [1], "seed 1"),
+    ],
 )
 def test_seed_stability_errors_name_the_input(scores, ks, where):
     with pytest.raises(ActloraError) as info:
@@ -111,6 +117,7 @@ def test_seed_stability_errors_name_the_input(scores, ks, where):
 
 
 # ---- task agreement (section 7.4) ----
+
 
 def test_task_agreement_matrices_against_scipy():
     rng = np.random.default_rng(0)
@@ -138,6 +145,7 @@ def test_task_agreement_constant_task_is_none_with_reason():
 
 
 # ---- correlation with a reference (Table 11) ----
+
 
 def test_correlations_match_scipy_and_cosine_by_hand():
     rng = np.random.default_rng(1)
@@ -180,6 +188,7 @@ def test_correlation_reports_every_length_mismatch_together():
 
 # ---- cumulative importance thresholds (Table 8) ----
 
+
 def test_threshold_table_hand_example_has_the_paper_shape():
     # descending 1, .9, .7, .55, .5, .45, .35, .3, .25, .2, .1, 0 (total 5.3), shuffled over 12 layers
     scores = [0.35, 0.0, 1.0, 0.5, 0.2, 0.9, 0.3, 0.55, 0.1, 0.7, 0.45, 0.25]
@@ -201,6 +210,7 @@ def test_threshold_table_agrees_with_selection():
 
 
 # ---- reports ----
+
 
 def test_markdown_table_formats_cells():
     rows = [["a|b", 2 / 3, 4], ["tiny", 0.00051, None], ["zero", 0.0, True]]
@@ -235,6 +245,7 @@ def test_write_study_refuses_nan(tmp_path):
 
 
 # ---- plots ----
+
 
 def _png(path, width: int, height: int):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

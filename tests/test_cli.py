@@ -103,7 +103,9 @@ def test_rank_k_beyond_layers(tmp_path, bert_cfg):
 
 def test_rank_refuses_scores_of_another_model(tmp_path, tiny_models, tiny_task):
     bert = _write(tmp_path, tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run"), "bert.yaml")
-    roberta = _write(tmp_path, tiny_config(tiny_models["roberta"], tiny_task, tmp_path / "run"), "roberta.yaml")
+    roberta = _write(
+        tmp_path, tiny_config(tiny_models["roberta"], tiny_task, tmp_path / "run"), "roberta.yaml"
+    )
     assert _invoke("probe", "-c", bert)[0].exit_code == 0
     result, text = _invoke("rank", "-c", roberta, "--k", "2")
     assert result.exit_code == 2
@@ -130,8 +132,12 @@ def test_offline_default_real_minilm(tmp_path):
     assert result.exit_code == 0, text
     scores = json.loads((tmp_path / "run" / "scores.json").read_text())
     sel = json.loads((tmp_path / "run" / "selection.json").read_text())
-    assert scores["model"] == {"name": "packaged:all-MiniLM-L6-v2", "model_type": "bert", "num_layers": 6,
-                               "hidden_size": 384}
+    assert scores["model"] == {
+        "name": "packaged:all-MiniLM-L6-v2",
+        "model_type": "bert",
+        "num_layers": 6,
+        "hidden_size": 384,
+    }
     assert len(scores["scores"]) == 6 and len(sel["layers"]) == 3
     assert scores["examples_seen"] == 8 * 32
     # MiniLM's post-attention norms are far from flat: the profile has a real spread
@@ -146,7 +152,12 @@ def test_padding_to_max_length_changes_shapes_not_scores(tmp_path, bert_cfg):
     from actlora_cli.modeling import load_tokenizer
 
     assert _invoke("probe", "-c", bert_cfg, "-o", str(tmp_path / "dyn"))[0].exit_code == 0
-    assert _invoke("probe", "-c", bert_cfg, "-o", str(tmp_path / "pad"), "--set", "task.padding=max_length")[0].exit_code == 0
+    assert (
+        _invoke("probe", "-c", bert_cfg, "-o", str(tmp_path / "pad"), "--set", "task.padding=max_length")[
+            0
+        ].exit_code
+        == 0
+    )
     dyn = json.loads((tmp_path / "dyn" / "scores.json").read_text())
     pad = json.loads((tmp_path / "pad" / "scores.json").read_text())
     assert pad["raw"] == pytest.approx(dyn["raw"], rel=1e-4) and pad["tokens_seen"] == dyn["tokens_seen"]

@@ -40,42 +40,80 @@ def make_run(
 ) -> Path:
     """A run folder as train and eval leave it: train_summary.json, eval.json and config.resolved.yaml.
     ``method=None`` writes a summary from before lora.method existed."""
-    cfg = Config.model_validate({"task": {"name": task}, "rank": {"k": k},
-                                 "lora": {"method": method or "lora"}, "train": {"seed": seed},
-                                 "output_dir": str(folder)})
+    cfg = Config.model_validate(
+        {
+            "task": {"name": task},
+            "rank": {"k": k},
+            "lora": {"method": method or "lora"},
+            "train": {"seed": seed},
+            "output_dir": str(folder),
+        }
+    )
     lora = cfg.lora.model_dump()
     if method is None:
         del lora["method"]
     layers = list(range(NUM_LAYERS)) if layers is None else layers
     forward, backward, optimizer = phases
-    artifacts.write_artifact(folder / "train_summary.json", "train_summary", {
-        "model": {"name": cfg.model.name, "model_type": "bert", "num_layers": NUM_LAYERS, "hidden_size": 384},
-        "task": {"name": task, "train_examples": 4000},
-        "plan": {"layers": layers, "k": len(layers), "tau": None, "rule": "top_k", "source": "selection.json",
-                 "ranks_agreeing": 1},
-        "lora": lora,
-        "trainable_parameters": params,
-        "total_parameters": 22_713_216 + params,
-        "steps": 125,
-        "final_metrics": {"validation": {"accuracy": metric}},
-        "mean_step_ms": {"forward": forward, "backward": backward, "optimizer": optimizer},
-        "train_seconds": device_hours * 3600,
-        "device": "cuda:0" if peak is not None else "cpu",
-        "world_size": 1,
-        "device_hours": device_hours,
-        "peak_memory_mib": peak,
-        "precision": "bf16",
-    })
-    timing = {"latency_ms_p50": latency, "latency_ms_p90": latency * 1.2, "latency_ms_mean": latency,
-              "throughput_samples_per_s": throughput, "batches_timed": 14}
-    artifacts.write_artifact(folder / "eval.json", "eval", {
-        "model": {"name": cfg.model.name, "model_type": "bert", "num_layers": NUM_LAYERS, "hidden_size": 384},
-        "task": {"name": task, "splits": {"validation": 1000}},
-        "metrics": {"validation": {"accuracy": metric, "f1": metric - 0.01}},
-        "timing": {"unmerged": timing, "merged": {**timing, "latency_ms_mean": latency * 0.9},
-                   "merged_metrics_match": True},
-        "batch_size": 64,
-    })
+    artifacts.write_artifact(
+        folder / "train_summary.json",
+        "train_summary",
+        {
+            "model": {
+                "name": cfg.model.name,
+                "model_type": "bert",
+                "num_layers": NUM_LAYERS,
+                "hidden_size": 384,
+            },
+            "task": {"name": task, "train_examples": 4000},
+            "plan": {
+                "layers": layers,
+                "k": len(layers),
+                "tau": None,
+                "rule": "top_k",
+                "source": "selection.json",
+                "ranks_agreeing": 1,
+            },
+            "lora": lora,
+            "trainable_parameters": params,
+            "total_parameters": 22_713_216 + params,
+            "steps": 125,
+            "final_metrics": {"validation": {"accuracy": metric}},
+            "mean_step_ms": {"forward": forward, "backward": backward, "optimizer": optimizer},
+            "train_seconds": device_hours * 3600,
+            "device": "cuda:0" if peak is not None else "cpu",
+            "world_size": 1,
+            "device_hours": device_hours,
+            "peak_memory_mib": peak,
+            "precision": "bf16",
+        },
+    )
+    timing = {
+        "latency_ms_p50": latency,
+        "latency_ms_p90": latency * 1.2,
+        "latency_ms_mean": latency,
+        "throughput_samples_per_s": throughput,
+        "batches_timed": 14,
+    }
+    artifacts.write_artifact(
+        folder / "eval.json",
+        "eval",
+        {
+            "model": {
+                "name": cfg.model.name,
+                "model_type": "bert",
+                "num_layers": NUM_LAYERS,
+                "hidden_size": 384,
+            },
+            "task": {"name": task, "splits": {"validation": 1000}},
+            "metrics": {"validation": {"accuracy": metric, "f1": metric - 0.01}},
+            "timing": {
+                "unmerged": timing,
+                "merged": {**timing, "latency_ms_mean": latency * 0.9},
+                "merged_metrics_match": True,
+            },
+            "batch_size": 64,
+        },
+    )
     artifacts.write_resolved(cfg)
     return folder
 
@@ -87,13 +125,40 @@ ACT = {"metric": [0.80, 0.81, 0.79], "throughput": [240.0, 250.0, 260.0]}
 
 @pytest.fixture
 def runs(tmp_path) -> dict[str, list[Path]]:
-    base = [make_run(tmp_path / f"lora-all-s{s}", seed=s, metric=m, device_hours=h)
-            for s, m, h in zip(range(3), BASE["metric"], BASE["device_hours"], strict=True)]
-    act = [make_run(tmp_path / f"act-k3-s{s}", seed=s, metric=m, throughput=t, k=3, layers=[1, 3, 5],
-                    params=36_864, device_hours=0.009, phases=(16.0, 12.5, 1.5), latency=3.0, peak=900.0)
-           for s, m, t in zip(range(3), ACT["metric"], ACT["throughput"], strict=True)]
-    ia3 = [make_run(tmp_path / "ia3-s0", seed=0, metric=0.78, method="ia3", params=9_216, device_hours=0.011,
-                    phases=(19.0, 15.0, 1.0), latency=3.9, throughput=205.0, peak=950.0)]
+    base = [
+        make_run(tmp_path / f"lora-all-s{s}", seed=s, metric=m, device_hours=h)
+        for s, m, h in zip(range(3), BASE["metric"], BASE["device_hours"], strict=True)
+    ]
+    act = [
+        make_run(
+            tmp_path / f"act-k3-s{s}",
+            seed=s,
+            metric=m,
+            throughput=t,
+            k=3,
+            layers=[1, 3, 5],
+            params=36_864,
+            device_hours=0.009,
+            phases=(16.0, 12.5, 1.5),
+            latency=3.0,
+            peak=900.0,
+        )
+        for s, m, t in zip(range(3), ACT["metric"], ACT["throughput"], strict=True)
+    ]
+    ia3 = [
+        make_run(
+            tmp_path / "ia3-s0",
+            seed=0,
+            metric=0.78,
+            method="ia3",
+            params=9_216,
+            device_hours=0.011,
+            phases=(19.0, 15.0, 1.0),
+            latency=3.9,
+            throughput=205.0,
+            peak=950.0,
+        )
+    ]
     return {"base": base, "act": act, "ia3": ia3}
 
 
@@ -102,8 +167,9 @@ def by_label(report: dict) -> dict[str, dict]:
 
 
 def test_runs_differing_only_by_seed_are_grouped_and_the_baseline_folder_is_counted_once(runs):
-    report = compare_runs([*runs["act"], runs["base"][2], *runs["ia3"], runs["base"][1], runs["base"][0]],
-                          runs["base"][0])
+    report = compare_runs(
+        [*runs["act"], runs["base"][2], *runs["ia3"], runs["base"][1], runs["base"][0]], runs["base"][0]
+    )
     groups = report["groups"]
     assert [g["label"] for g in groups] == ["lora [all]", "lora [1,3,5]", "ia3 [all]"]
     assert [g["n"] for g in groups] == [3, 3, 1]
@@ -213,8 +279,11 @@ def test_bad_folders_are_all_named_in_one_error(runs):
     with pytest.raises(ArtifactError) as caught:
         compare_runs(runs["act"] + runs["ia3"], runs["base"][0])
     where = [p.where for p in caught.value.problems]
-    assert where == [str(runs["act"][0] / "eval.json"), str(runs["act"][1] / "config.resolved.yaml"),
-                     str(runs["ia3"][0] / "config.resolved.yaml")]
+    assert where == [
+        str(runs["act"][0] / "eval.json"),
+        str(runs["act"][1] / "config.resolved.yaml"),
+        str(runs["ia3"][0] / "config.resolved.yaml"),
+    ]
 
 
 def test_cli_prints_markdown_and_writes_the_files(runs, tmp_path):

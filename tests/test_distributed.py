@@ -29,8 +29,16 @@ def _actlora(nproc: int, *args: str) -> None:
     if nproc == 1:
         cmd = [sys.executable, "-m", "actlora_cli", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", "-m", "actlora_cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            f"--master_port={_free_port()}",
+            "-m",
+            "actlora_cli",
+            *args,
+        ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -43,10 +51,15 @@ def runs(tmp_path_factory, tiny_task):
     for nproc in (1, 2, "1-plan23", "2-plan23-cached"):
         # batch 9 in 3 micro-batches of 3: the 2 ranks get unequal shares (2 and 1), gradients accumulate
         # without sync, and 83 = 9 x 9 + 2 leaves a last batch too small for 2 ranks x 3 micro-batches (dropped)
-        cfg = tiny_config(model, tiny_task, root / f"run{nproc}", lora={"dropout": 0.0},
-                          task={"max_train_examples": 83},
-                          train={"epochs": 2, "lr": 5e-3, "batch_size": 9, "grad_accum": 3},
-                          probe={"steps": 4, "batch_size": 8})
+        cfg = tiny_config(
+            model,
+            tiny_task,
+            root / f"run{nproc}",
+            lora={"dropout": 0.0},
+            task={"max_train_examples": 83},
+            train={"epochs": 2, "lr": 5e-3, "batch_size": 9, "grad_accum": 3},
+            probe={"steps": 4, "batch_size": 8},
+        )
         path = root / f"cfg{nproc}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         if isinstance(nproc, str):
@@ -54,9 +67,19 @@ def runs(tmp_path_factory, tiny_task):
             # per rank what each rank sees, whatever the shuffle sends it
             from actlora_cli import artifacts
 
-            artifacts.write_artifact(root / f"run{nproc}" / "selection.json", "selection", {
-                "layers": [2, 3], "k": 2, "tau": None, "rule": "top_k", "ranking": [2, 3],
-                "cumulative_importance": [1.0, 1.0], "model": {"name": str(model)}})
+            artifacts.write_artifact(
+                root / f"run{nproc}" / "selection.json",
+                "selection",
+                {
+                    "layers": [2, 3],
+                    "k": 2,
+                    "tau": None,
+                    "rule": "top_k",
+                    "ranking": [2, 3],
+                    "cumulative_importance": [1.0, 1.0],
+                    "model": {"name": str(model)},
+                },
+            )
             cache = ["--set", "train.prefix_cache=memory", "--set", "train.prefix_cache_dtype=fp32"]
             _actlora(int(nproc[0]), "train", "-c", str(path), *(cache if "cached" in nproc else []))
             out[nproc] = root / f"run{nproc}"
@@ -115,7 +138,9 @@ def test_two_process_cached_run_equals_one_process_uncached(runs):
     for key in one:
         torch.testing.assert_close(cached[key], one[key], rtol=0, atol=2e-5)
     log1 = [json.loads(x)["loss"] for x in (runs["1-plan23"] / "train_log.jsonl").read_text().splitlines()]
-    logc = [json.loads(x)["loss"] for x in (runs["2-plan23-cached"] / "train_log.jsonl").read_text().splitlines()]
+    logc = [
+        json.loads(x)["loss"] for x in (runs["2-plan23-cached"] / "train_log.jsonl").read_text().splitlines()
+    ]
     assert logc == pytest.approx(log1, rel=1e-4)
     info = _json(runs["2-plan23-cached"] / "train_summary.json")["frozen_prefix"]
     assert info["lowest_trained_layer"] == 2

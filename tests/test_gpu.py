@@ -12,13 +12,23 @@ from tests.conftest import make_tiny_model, poison_loss, tiny_config
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run scripts/gpu_check.py on one)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device (run scripts/gpu_check.py on one)"
+    ),
 ]
 
 
 def _run(tmp_path, model_dir, tiny_task, **model):
-    cfg = Config.model_validate(tiny_config(model_dir, tiny_task, tmp_path, model=model, rank={"k": "all"},
-                                            train={"max_steps": 4, "precision": "auto"}))
+    cfg = Config.model_validate(
+        tiny_config(
+            model_dir,
+            tiny_task,
+            tmp_path,
+            model=model,
+            rank={"k": "all"},
+            train={"max_steps": 4, "precision": "auto"},
+        )
+    )
     return train.run_train(cfg)
 
 
@@ -55,22 +65,44 @@ def test_cuda_prefix_cache_bf16_replay_stays_close_to_recomputation(tmp_path, ti
     model_dir = make_tiny_model(tmp_path_factory.mktemp("gpu_c"), "bert", hidden=128)
     losses = {}
     for name, extra in (("plain", {"frozen_dropout": False}), ("cached", {"prefix_cache": "memory"})):
-        cfg = Config.model_validate(tiny_config(model_dir, tiny_task, tmp_path / name, model={"dtype": "bfloat16"},
-                                                rank={"k": None}, train={"epochs": 3, "precision": "bf16", **extra}))
+        cfg = Config.model_validate(
+            tiny_config(
+                model_dir,
+                tiny_task,
+                tmp_path / name,
+                model={"dtype": "bfloat16"},
+                rank={"k": None},
+                train={"epochs": 3, "precision": "bf16", **extra},
+            )
+        )
         _write_selection(cfg, [2, 3])
         summary = train.run_train(cfg)
-        losses[name] = [json.loads(x)["loss"] for x in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+        losses[name] = [
+            json.loads(x)["loss"] for x in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()
+        ]
     assert summary["frozen_prefix"]["cache"]["dtype"] == "bfloat16"
     assert summary["frozen_prefix"]["cache"]["forwards_replayed"] > 0
-    torch.testing.assert_close(torch.tensor(losses["cached"]), torch.tensor(losses["plain"]), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(
+        torch.tensor(losses["cached"]), torch.tensor(losses["plain"]), rtol=2e-2, atol=2e-2
+    )
 
 
-def test_cuda_adalora_resumes_with_its_importance_on_the_device(tmp_path, tiny_task, tmp_path_factory, monkeypatch):
+def test_cuda_adalora_resumes_with_its_importance_on_the_device(
+    tmp_path, tiny_task, tmp_path_factory, monkeypatch
+):
     """The checkpoint is read onto the CPU; AdaLoRA's importance averages must go back to the GPU or the next
     reallocation mixes devices."""
     model_dir = make_tiny_model(tmp_path_factory.mktemp("gpu_a"), "bert", hidden=128)
-    cfg = Config.model_validate(tiny_config(model_dir, tiny_task, tmp_path / "run", lora={"method": "adalora"},
-                                            rank={"k": "all"}, train={"epochs": 2, "save_every": 5}))
+    cfg = Config.model_validate(
+        tiny_config(
+            model_dir,
+            tiny_task,
+            tmp_path / "run",
+            lora={"method": "adalora"},
+            rank={"k": "all"},
+            train={"epochs": 2, "save_every": 5},
+        )
+    )
     real = poison_loss(monkeypatch, at_call=8)
     with pytest.raises(train.NonFiniteLoss):
         train.run_train(cfg)

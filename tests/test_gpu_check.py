@@ -14,11 +14,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_gpu_check_tiny_on_cpu(tmp_path):
-    cmd = [sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cpu", "--skip-tests",
-           "--steps", "3", "--probe-steps", "2", "--batch-size", "8", "--eval-examples", "32",
-           "--timing-batches", "2", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-                          env=dict(os.environ, OMP_NUM_THREADS="2"))
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "gpu_check.py"),
+        "--tiny",
+        "--device",
+        "cpu",
+        "--skip-tests",
+        "--steps",
+        "3",
+        "--probe-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--eval-examples",
+        "32",
+        "--timing-batches",
+        "2",
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "gpu_check_cpu_tiny.json").read_text())
     runs = [r for r in result["runs"] if "skipped" not in r]

@@ -31,7 +31,8 @@ def _expected_trainable(method: str, n_layers: int) -> int | None:
         # key and value: a vector over outputs; attention.output.dense and output.dense both end in
         # "output.dense", peft's feed-forward name for BERT: a vector over their inputs (32 and 64)
         "ia3": H + H + H + FF,
-        "vera": 2 * (H + 256),  # lambda_b (d) and lambda_d (r=256) per target; the projections are frozen buffers
+        "vera": 2
+        * (H + 256),  # lambda_b (d) and lambda_d (r=256) per target; the projections are frozen buffers
         "loha": 2 * 2 * (H * R + R * H),  # two Hadamard factors, each a rank-r pair
         # LoKr: 32 = 4 x 8 on both sides, W = w1 (4 x 4) kron w2 (8 x 8); r=8 is at least half of 8, so peft keeps
         # w2 whole rather than as a rank-r pair
@@ -66,23 +67,38 @@ def _independent_reload(cfg: Config, model_dir):
 
 @pytest.mark.parametrize("layers", [None, [1, 3]], ids=["all-layers", "plan-1-3"])
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_trains_evaluates_and_reloads(tmp_path, tiny_models, tiny_task, monkeypatch, method, layers):
+def test_each_method_trains_evaluates_and_reloads(
+    tmp_path, tiny_models, tiny_task, monkeypatch, method, layers
+):
     from transformers import AutoTokenizer
 
     from actlora_cli import evaluation
     from actlora_cli.data import load_examples, task_spec
 
     rank = {"k": "all"} if layers is None else {"k": None}
-    cfg = Config.model_validate(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": method},
-                                            rank=rank, train={"epochs": 1, "lr": 5e-3}))
+    cfg = Config.model_validate(
+        tiny_config(
+            tiny_models["bert"],
+            tiny_task,
+            tmp_path / "run",
+            lora={"method": method},
+            rank=rank,
+            train={"epochs": 1, "lr": 5e-3},
+        )
+    )
     if layers is not None:
         cfg.run_dir.mkdir(parents=True)
         _write_selection(cfg, layers)
     planned = layers or list(range(NUM_LAYERS))
     summary, adapted = _train_capturing(cfg, monkeypatch)
     assert summary["method"] == method and summary["plan"]["layers"] == planned
-    assert adapters.adapted_layers(adapted.model, locate(load_model(ModelSection(name=str(tiny_models["bert"])), 2,
-                                                                  torch.device("cpu")))) == planned
+    assert (
+        adapters.adapted_layers(
+            adapted.model,
+            locate(load_model(ModelSection(name=str(tiny_models["bert"])), 2, torch.device("cpu"))),
+        )
+        == planned
+    )
     expected = _expected_trainable(method, len(planned))
     if expected is not None:
         assert summary["trainable_parameters"] == expected
@@ -91,7 +107,9 @@ def test_each_method_trains_evaluates_and_reloads(tmp_path, tiny_models, tiny_ta
         fresh = load_model(ModelSection(name=str(tiny_models["bert"])), 2, torch.device("cpu"))
         blocks = sum(p.numel() for n, p in fresh.named_parameters() if ".layer.1." in n)
         everything = sum(p.numel() for p in fresh.parameters())
-        assert summary["trainable_parameters"] == (everything if layers is None else len(planned) * blocks + HEAD)
+        assert summary["trainable_parameters"] == (
+            everything if layers is None else len(planned) * blocks + HEAD
+        )
 
     # the saved weights, reloaded by plain transformers/peft and fed one example at a time, give the logits of
     # the model the loop trained (training really changed it: not a fresh head or untouched adapters)
@@ -113,7 +131,9 @@ def test_each_method_trains_evaluates_and_reloads(tmp_path, tiny_models, tiny_ta
     assert doc["metrics"]["validation"] == pytest.approx(summary["final_metrics"]["validation"], abs=1e-9)
     ours = evaluation.load_trained(cfg, 2, Dist(0, 1, 0, torch.device("cpu")))[1]
     with torch.no_grad():
-        torch.testing.assert_close(torch.cat([ours(**x).logits for x in inputs]), theirs, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            torch.cat([ours(**x).logits for x in inputs]), theirs, rtol=1e-4, atol=1e-5
+        )
     if method == "full":
         assert "skipped" in doc["timing"]["merged"]
     else:
@@ -144,12 +164,20 @@ def test_ia3_on_a_plan_rescales_exactly_peft_default_modules_of_those_layers(tin
     model = load_model(ModelSection(name=str(tiny_models["bert"])), 2, torch.device("cpu"))
     arch = locate(model)
     adapted = adapters.apply_method(model, arch, LoraSection(method="ia3"), [1, 3])
-    got = {n.removeprefix("base_model.model."): m.is_feedforward for n, m in adapted.model.named_modules() if isinstance(m, IA3Layer)}
+    got = {
+        n.removeprefix("base_model.model."): m.is_feedforward
+        for n, m in adapted.model.named_modules()
+        if isinstance(m, IA3Layer)
+    }
     want = {}
     for i in (1, 3):
         base = f"bert.encoder.layer.{i}."
-        want |= {base + "attention.self.key": False, base + "attention.self.value": False,
-                 base + "attention.output.dense": True, base + "output.dense": True}
+        want |= {
+            base + "attention.self.key": False,
+            base + "attention.self.value": False,
+            base + "attention.output.dense": True,
+            base + "output.dense": True,
+        }
     assert got == want
 
 
@@ -157,12 +185,21 @@ def test_ia3_on_a_plan_rescales_exactly_peft_default_modules_of_those_layers(tin
 
 
 def _adalora_cfg(tmp_path, tiny_models, tiny_task, **train_section) -> Config:
-    return Config.model_validate(tiny_config(
-        tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": "adalora"}, rank={"k": "all"},
-        train={"epochs": 2, "lr": 5e-3, **train_section}))
+    return Config.model_validate(
+        tiny_config(
+            tiny_models["bert"],
+            tiny_task,
+            tmp_path / "run",
+            lora={"method": "adalora"},
+            rank={"k": "all"},
+            train={"epochs": 2, "lr": 5e-3, **train_section},
+        )
+    )
 
 
-def test_adalora_schedule_scaled_to_the_run_and_reallocated_every_step(tmp_path, tiny_models, tiny_task, monkeypatch):
+def test_adalora_schedule_scaled_to_the_run_and_reallocated_every_step(
+    tmp_path, tiny_models, tiny_task, monkeypatch
+):
     from peft.tuners.adalora import AdaLoraModel
 
     steps_seen = []
@@ -194,7 +231,9 @@ def test_adalora_schedule_scaled_to_the_run_and_reallocated_every_step(tmp_path,
 
 def test_adalora_orthogonality_matches_the_term_peft_adds_with_labels(tiny_models):
     model = load_model(ModelSection(name=str(tiny_models["bert"])), 2, torch.device("cpu"))
-    adapted = adapters.apply_method(model, locate(model), LoraSection(method="adalora"), [0, 1, 2, 3], total_steps=50)
+    adapted = adapters.apply_method(
+        model, locate(model), LoraSection(method="adalora"), [0, 1, 2, 3], total_steps=50
+    )
     with torch.no_grad():
         for n, p in adapted.model.named_parameters():
             if "lora_" in n:
@@ -221,7 +260,9 @@ def test_adalora_resume_after_nan_matches_uninterrupted(tmp_path, tiny_models, t
     with pytest.raises(train.NonFiniteLoss):
         train.run_train(broken)
     monkeypatch.setattr(train, "compute_loss", real_loss)
-    train.run_train(broken, resume=True)  # resumes at step 10: inside the pruning phase, importance state needed
+    train.run_train(
+        broken, resume=True
+    )  # resumes at step 10: inside the pruning phase, importance state needed
     a = load_file(str(full.run_dir / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(broken.run_dir / "adapter" / "adapter_model.safetensors"))
     for key in a:
@@ -236,8 +277,17 @@ def test_adalora_resume_after_nan_matches_uninterrupted(tmp_path, tiny_models, t
 @pytest.mark.parametrize("method", ["full", "lokr", "loha"])
 def test_methods_that_cannot_train_on_a_4bit_base_exit_2(tmp_path, tiny_models, tiny_task, method):
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run",
-                                               model={"quantization": "nf4"}, lora={"method": method})))
+    path.write_text(
+        yaml.safe_dump(
+            tiny_config(
+                tiny_models["bert"],
+                tiny_task,
+                tmp_path / "run",
+                model={"quantization": "nf4"},
+                lora={"method": method},
+            )
+        )
+    )
     result = CliRunner().invoke(app, ["train", "-c", str(path), "--k", "all"])
     assert result.exit_code == 2 and f"lora.method={method}" in result.output
     assert not (tmp_path / "run").exists()
@@ -245,7 +295,9 @@ def test_methods_that_cannot_train_on_a_4bit_base_exit_2(tmp_path, tiny_models, 
 
 def test_eval_with_another_method_than_trained_exits_2(tmp_path, tiny_models, tiny_task):
     path = tmp_path / "cfg.yaml"
-    data = tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": "ia3"}, train={"max_steps": 1})
+    data = tiny_config(
+        tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": "ia3"}, train={"max_steps": 1}
+    )
     path.write_text(yaml.safe_dump(data))
     assert CliRunner().invoke(app, ["train", "-c", str(path), "--k", "all"]).exit_code == 0
     result = CliRunner().invoke(app, ["eval", "-c", str(path), "--set", "lora.method=vera"])
@@ -256,8 +308,16 @@ def test_ablation_refuses_a_run_of_another_method(tmp_path, tiny_models, tiny_ta
     from actlora_cli.ablation import run_ablation
     from actlora_cli.errors import ArtifactError
 
-    cfg = Config.model_validate(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": "vera"},
-                                            rank={"k": "all"}, train={"max_steps": 1}))
+    cfg = Config.model_validate(
+        tiny_config(
+            tiny_models["bert"],
+            tiny_task,
+            tmp_path / "run",
+            lora={"method": "vera"},
+            rank={"k": "all"},
+            train={"max_steps": 1},
+        )
+    )
     train.run_train(cfg)
     with pytest.raises(ArtifactError, match="not LoRA"):
         run_ablation(cfg)
@@ -274,9 +334,16 @@ def test_adalora_with_accumulation_equals_one_big_batch(tmp_path, tiny_task):
     model = make_tiny_model(tmp_path, "bert", dropout=0.0)
     weights = []
     for accum in (1, 2):
-        cfg = Config.model_validate(tiny_config(
-            model, tiny_task, tmp_path / f"run{accum}", lora={"method": "adalora", "dropout": 0.0},
-            rank={"k": "all"}, train={"epochs": 2, "lr": 5e-3, "grad_accum": accum}))
+        cfg = Config.model_validate(
+            tiny_config(
+                model,
+                tiny_task,
+                tmp_path / f"run{accum}",
+                lora={"method": "adalora", "dropout": 0.0},
+                rank={"k": "all"},
+                train={"epochs": 2, "lr": 5e-3, "grad_accum": accum},
+            )
+        )
         train.run_train(cfg)
         weights.append(load_file(str(cfg.run_dir / "adapter" / "adapter_model.safetensors")))
     assert weights[0].keys() == weights[1].keys()

@@ -19,7 +19,9 @@ def test_classification_metrics_match_sklearn(seed):
     assert metrics.f1(pred, gold) == pytest.approx(f1_score(gold, pred), abs=1e-12)
     assert metrics.matthews(pred, gold) == pytest.approx(matthews_corrcoef(gold, pred), abs=1e-12)
     three_gold, three_pred = rng.integers(0, 3, 300), rng.integers(0, 3, 300)
-    assert metrics.matthews(three_pred, three_gold) == pytest.approx(matthews_corrcoef(three_gold, three_pred), abs=1e-12)
+    assert metrics.matthews(three_pred, three_gold) == pytest.approx(
+        matthews_corrcoef(three_gold, three_pred), abs=1e-12
+    )
 
 
 def test_degenerate_cases_match_sklearn():
@@ -41,7 +43,9 @@ def test_correlations_match_scipy_with_ties(seed):
 
 def test_compute_uses_argmax_or_the_regression_output():
     logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 3.0]])
-    assert metrics.compute(("accuracy",), logits, np.array([1, 0, 0]), False) == {"accuracy": pytest.approx(2 / 3)}
+    assert metrics.compute(("accuracy",), logits, np.array([1, 0, 0]), False) == {
+        "accuracy": pytest.approx(2 / 3)
+    }
     reg = np.array([[1.0], [2.0], [3.5]])
     out = metrics.compute(("pearson", "spearman"), reg, np.array([1.0, 2.0, 3.0]), True)
     assert out["spearman"] == pytest.approx(1.0) and 0.9 < out["pearson"] < 1.0

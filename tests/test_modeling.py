@@ -12,9 +12,27 @@ from tests.conftest import NUM_LAYERS
 
 EXPECTED = {
     # family: (stack path, q, v, o relative to a layer, head modules)
-    "bert": ("bert.encoder.layer", "attention.self.query", "attention.self.value", "attention.output.dense", ["classifier"]),
-    "roberta": ("roberta.encoder.layer", "attention.self.query", "attention.self.value", "attention.output.dense", ["classifier"]),
-    "deberta-v2": ("deberta.encoder.layer", "attention.self.query_proj", "attention.self.value_proj", "attention.output.dense", ["pooler", "classifier"]),
+    "bert": (
+        "bert.encoder.layer",
+        "attention.self.query",
+        "attention.self.value",
+        "attention.output.dense",
+        ["classifier"],
+    ),
+    "roberta": (
+        "roberta.encoder.layer",
+        "attention.self.query",
+        "attention.self.value",
+        "attention.output.dense",
+        ["classifier"],
+    ),
+    "deberta-v2": (
+        "deberta.encoder.layer",
+        "attention.self.query_proj",
+        "attention.self.value_proj",
+        "attention.output.dense",
+        ["pooler", "classifier"],
+    ),
     "llama": ("model.layers", "self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", ["score"]),
     "mistral": ("model.layers", "self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", ["score"]),
     "qwen2": ("model.layers", "self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", ["score"]),
@@ -45,7 +63,9 @@ def test_locator_finds_exact_modules(tiny_models, family):
 def test_unsupported_architecture_says_what_it_found():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    model = GPT2ForSequenceClassification(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, pad_token_id=0))
+    model = GPT2ForSequenceClassification(
+        GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, pad_token_id=0)
+    )
     with pytest.raises(ModelError) as info:
         locate(model)
     text = str(info.value)

@@ -16,12 +16,20 @@ from tests.conftest import poison_loss, tiny_config
 from tests.test_train import _write_selection
 
 
-def _run(tmp_path, name, model_dir, tiny_task, layers=(2, 3), **train_section) -> tuple[dict, list[float], dict]:
+def _run(
+    tmp_path, name, model_dir, tiny_task, layers=(2, 3), **train_section
+) -> tuple[dict, list[float], dict]:
     from safetensors.torch import load_file
 
-    cfg = Config.model_validate(tiny_config(
-        model_dir, tiny_task, tmp_path / name, rank={"k": None},
-        train={"epochs": 3, "lr": 5e-3, "batch_size": 8, **train_section}))
+    cfg = Config.model_validate(
+        tiny_config(
+            model_dir,
+            tiny_task,
+            tmp_path / name,
+            rank={"k": None},
+            train={"epochs": 3, "lr": 5e-3, "batch_size": 8, **train_section},
+        )
+    )
     cfg.run_dir.mkdir(parents=True)
     _write_selection(cfg, list(layers))
     summary = train.run_train(cfg)
@@ -33,8 +41,9 @@ def _run(tmp_path, name, model_dir, tiny_task, layers=(2, 3), **train_section) -
 def test_cached_run_equals_uncached_run_without_prefix_dropout(tmp_path, tiny_models, tiny_task, family):
     model = tiny_models[family]
     _, plain, plain_weights = _run(tmp_path, "plain", model, tiny_task, frozen_dropout=False)
-    summary, cached, cached_weights = _run(tmp_path, "cached", model, tiny_task, prefix_cache="memory",
-                                           prefix_cache_dtype="fp32")
+    summary, cached, cached_weights = _run(
+        tmp_path, "cached", model, tiny_task, prefix_cache="memory", prefix_cache_dtype="fp32"
+    )
     assert len(cached) == len(plain) == 36
     torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), rtol=1e-5, atol=1e-6)
     for key in plain_weights:
@@ -50,26 +59,32 @@ def test_the_equality_is_not_vacuous(tmp_path, tiny_models, tiny_task):
     """With the prefix's dropout on (the default), the same run differs: dropout is what the cache must switch
     off, and the test above would see it if it did not."""
     _, with_dropout, _ = _run(tmp_path, "dropout", tiny_models["bert"], tiny_task)
-    summary, without, _ = _run(tmp_path, "cached", tiny_models["bert"], tiny_task, prefix_cache="memory",
-                               prefix_cache_dtype="fp32")
+    summary, without, _ = _run(
+        tmp_path, "cached", tiny_models["bert"], tiny_task, prefix_cache="memory", prefix_cache_dtype="fp32"
+    )
     assert not torch.allclose(torch.tensor(with_dropout), torch.tensor(without), rtol=1e-4)
     assert summary["frozen_prefix"]["dropout_rates_zeroed"] > 0
 
 
 def test_disk_store_equals_memory_store_and_is_removed(tmp_path, tiny_models, tiny_task):
-    _, memory, _ = _run(tmp_path, "memory", tiny_models["bert"], tiny_task, prefix_cache="memory",
-                        prefix_cache_dtype="bf16")
-    summary, disk, _ = _run(tmp_path, "disk", tiny_models["bert"], tiny_task, prefix_cache="disk",
-                            prefix_cache_dtype="bf16")
+    _, memory, _ = _run(
+        tmp_path, "memory", tiny_models["bert"], tiny_task, prefix_cache="memory", prefix_cache_dtype="bf16"
+    )
+    summary, disk, _ = _run(
+        tmp_path, "disk", tiny_models["bert"], tiny_task, prefix_cache="disk", prefix_cache_dtype="bf16"
+    )
     assert disk == memory
     assert summary["frozen_prefix"]["cache"]["store"] == "disk"
     assert not list((tmp_path / "disk").glob("prefix_cache*"))
 
 
 def test_bf16_store_stays_close_to_fp32(tmp_path, tiny_models, tiny_task):
-    _, fp32, _ = _run(tmp_path, "fp32", tiny_models["bert"], tiny_task, prefix_cache="memory", prefix_cache_dtype="fp32")
-    summary, bf16, _ = _run(tmp_path, "bf16", tiny_models["bert"], tiny_task, prefix_cache="memory",
-                            prefix_cache_dtype="bf16")
+    _, fp32, _ = _run(
+        tmp_path, "fp32", tiny_models["bert"], tiny_task, prefix_cache="memory", prefix_cache_dtype="fp32"
+    )
+    summary, bf16, _ = _run(
+        tmp_path, "bf16", tiny_models["bert"], tiny_task, prefix_cache="memory", prefix_cache_dtype="bf16"
+    )
     assert fp32[:12] == bf16[:12]  # epoch 1 runs the prefix in both
     torch.testing.assert_close(torch.tensor(bf16), torch.tensor(fp32), rtol=2e-2, atol=2e-3)
     assert summary["frozen_prefix"]["cache"]["dtype"] == "bfloat16"
@@ -78,12 +93,22 @@ def test_bf16_store_stays_close_to_fp32(tmp_path, tiny_models, tiny_task):
 def test_a_trained_prefix_is_refused_before_anything_is_touched(tmp_path, tiny_models, tiny_task):
     """Full fine-tuning of every layer trains the embeddings: refused before the run folder is cleared, so an
     earlier run's results survive the mistake."""
-    earlier = Config.model_validate(tiny_config(
-        tiny_models["bert"], tiny_task, tmp_path / "run", rank={"k": "all"}, train={"max_steps": 2}))
+    earlier = Config.model_validate(
+        tiny_config(
+            tiny_models["bert"], tiny_task, tmp_path / "run", rank={"k": "all"}, train={"max_steps": 2}
+        )
+    )
     train.run_train(earlier)
-    cfg = Config.model_validate(tiny_config(
-        tiny_models["bert"], tiny_task, tmp_path / "run", lora={"method": "full"}, rank={"k": "all"},
-        train={"max_steps": 2, "prefix_cache": "memory"}))
+    cfg = Config.model_validate(
+        tiny_config(
+            tiny_models["bert"],
+            tiny_task,
+            tmp_path / "run",
+            lora={"method": "full"},
+            rank={"k": "all"},
+            train={"max_steps": 2, "prefix_cache": "memory"},
+        )
+    )
     with pytest.raises(ConfigError, match="embeddings.*is trained"):
         train.run_train(cfg)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()

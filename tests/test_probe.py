@@ -12,7 +12,12 @@ from tests.conftest import FAMILIES, NUM_LAYERS
 
 SENTENCES = [
     ["good movie", "the plot was very dull and the ending was awful", "great cast", "superb music"],
-    ["not quite a good film", "boring", "the actor is lovely and the story is fine but the script is poor", "dull"],
+    [
+        "not quite a good film",
+        "boring",
+        "the actor is lovely and the story is fine but the script is poor",
+        "dull",
+    ],
 ]
 
 
@@ -42,7 +47,9 @@ def _independent(model, arch, batches, site):
         if site == "post_attn":
             for i, name in enumerate(arch.projections["o"]):
                 handles.append(
-                    model.get_submodule(name).register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o))  # noqa: B023 (removed below)
+                    model.get_submodule(name).register_forward_hook(
+                        lambda m, a, o, i=i: captured.__setitem__(i, o)
+                    )  # noqa: B023 (removed below)
                 )
         elif site == "block_out" and arch.is_decoder:
             # decoders' hidden_states[-1] has the final norm applied: read the last block's own output
@@ -109,16 +116,27 @@ def test_hand_worked_norm_with_padding():
             self.layers = torch.nn.ModuleList([Layer(1.0), Layer(2.0)])
 
         def forward(self, input_ids, attention_mask):
-            x = input_ids.unsqueeze(-1).float().expand(-1, -1, 2)  # token value v -> vector (v, v), norm v*sqrt2
+            x = (
+                input_ids.unsqueeze(-1).float().expand(-1, -1, 2)
+            )  # token value v -> vector (v, v), norm v*sqrt2
             for layer in self.layers:
                 x = layer(x)
             return x
 
-    arch = Architecture("toy", "layers", 2, 2, {"q": ["layers.0.q_proj", "layers.1.q_proj"],
-                                                "o": ["layers.0.o_proj", "layers.1.o_proj"]}, [], False)
+    arch = Architecture(
+        "toy",
+        "layers",
+        2,
+        2,
+        {"q": ["layers.0.q_proj", "layers.1.q_proj"], "o": ["layers.0.o_proj", "layers.1.o_proj"]},
+        [],
+        False,
+    )
     ids = torch.tensor([[3, 4, 99], [1, 99, 99]])  # 99 = padding, must be ignored
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    stat = activation_norms(Model(), arch, [{"input_ids": ids, "attention_mask": mask}], "post_attn", torch.device("cpu"))
+    stat = activation_norms(
+        Model(), arch, [{"input_ids": ids, "attention_mask": mask}], "post_attn", torch.device("cpu")
+    )
     # layer 0: tokens 3, 4, 1 -> norms 3r2, 4r2, 1r2 -> mean 8r2/3 ; layer 1 doubles it
     r2 = 2**0.5
     assert stat.raw == pytest.approx([8 * r2 / 3, 16 * r2 / 3], rel=1e-6)

@@ -12,7 +12,9 @@ from actlora_cli.modeling import load_model, locate
 from tests.conftest import NUM_LAYERS, make_tiny_model, tiny_config
 from tests.test_train import _grad_reach
 
-bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'actlora[qlora]')")
+bnb = pytest.importorskip(
+    "bitsandbytes", reason="bitsandbytes is not installed (pip install 'actlora[qlora]')"
+)
 HIDDEN = 128  # bitsandbytes' 4-bit CPU kernels work in blocks of 64
 
 
@@ -61,11 +63,16 @@ def test_only_trainable_weights_are_upcast_and_the_cut_holds(qlora_model):
 def test_qlora_trains_and_evaluates(tmp_path, llama_dir, tiny_task):
     from actlora_cli.evaluation import run_eval
 
-    cfg = Config.model_validate(tiny_config(
-        llama_dir, tiny_task, tmp_path / "run",
-        model={"dtype": "bfloat16", "quantization": "nf4"}, rank={"k": "all"},
-        train={"precision": "bf16", "max_steps": 4, "lr": 5e-3},
-    ))
+    cfg = Config.model_validate(
+        tiny_config(
+            llama_dir,
+            tiny_task,
+            tmp_path / "run",
+            model={"dtype": "bfloat16", "quantization": "nf4"},
+            rank={"k": "all"},
+            train={"precision": "bf16", "max_steps": 4, "lr": 5e-3},
+        )
+    )
     summary = train.run_train(cfg)
     assert summary["steps"] == 4 and summary["precision"] == "bfloat16"
     # per layer: q (A: r x d, B: d x r) and v (A: r x d, B: kv_dim x r, kv_dim = d / 2 with 2 of 4 heads);

@@ -11,7 +11,9 @@ def test_config_reference_lists_every_setting_as_the_schema_describes_it():
     text = README.read_text()
     rows = [f"| `{key}` | `{default}` | {meaning} |" for key, default, meaning in describe_schema()]
     missing = [row for row in rows if row not in text]
-    assert not missing, "README config reference is stale; regenerate it from describe_schema():\n" + "\n".join(missing)
+    assert not missing, (
+        "README config reference is stale; regenerate it from describe_schema():\n" + "\n".join(missing)
+    )
 
 
 def test_readme_gives_the_two_setup_commands_that_exist():

@@ -28,7 +28,12 @@ CPU = torch.device("cpu")
 
 SENTENCES = [  # two batches of different lengths: dynamic padding inside each
     ["good movie", "the plot was very dull and the ending was awful", "great cast", "superb music"],
-    ["not quite a good film", "boring", "the actor is lovely and the story is fine but the script is poor", "dull"],
+    [
+        "not quite a good film",
+        "boring",
+        "the actor is lovely and the story is fine but the script is poor",
+        "dull",
+    ],
 ]
 LABELS = [[1, 0, 1, 1], [0, 0, 1, 0]]
 
@@ -81,9 +86,12 @@ def _make_adapter(model_dir, folder, layers=None, **lora):
 
     _, model, arch = _load(model_dir)
     config = LoraConfig(
-        r=lora.pop("r", 4), lora_alpha=lora.pop("lora_alpha", 16),
+        r=lora.pop("r", 4),
+        lora_alpha=lora.pop("lora_alpha", 16),
         target_modules=[arch.relative("q"), arch.relative("v")],
-        layers_to_transform=layers, layers_pattern=arch.layers_pattern if layers else None, **lora,
+        layers_to_transform=layers,
+        layers_pattern=arch.layers_pattern if layers else None,
+        **lora,
     )
     peft_model = get_peft_model(model, config)
     torch.manual_seed(1)
@@ -96,18 +104,23 @@ def _make_adapter(model_dir, folder, layers=None, **lora):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("scorer", NEW_SCORERS)
-def test_every_scorer_probes_and_ranks_every_family(tiny_models, tiny_task, adapters, tmp_path, family, scorer):
+def test_every_scorer_probes_and_ranks_every_family(
+    tiny_models, tiny_task, adapters, tmp_path, family, scorer
+):
     probe = {"scorer": scorer}
     if scorer == "weight_delta":
         probe["adapter"] = str(adapters[family][0])
-    cfg = Config.model_validate(tiny_config(tiny_models[family], tiny_task, tmp_path / "run", probe=probe,
-                                            rank={"k": 2}))
+    cfg = Config.model_validate(
+        tiny_config(tiny_models[family], tiny_task, tmp_path / "run", probe=probe, rank={"k": 2})
+    )
     doc = run_probe(cfg)
     assert doc["scorer"] == scorer and len(doc["raw"]) == len(doc["scores"]) == NUM_LAYERS
     # the degenerate pair: encoders' first-token ([CLS]) embedding is the same vector for every example
     undefined = [0] if scorer == "cka" and family in ENCODERS else []
     assert doc["undefined_layers"] == undefined
-    assert all(isinstance(v, float) and math.isfinite(v) for i, v in enumerate(doc["raw"]) if i not in undefined)
+    assert all(
+        isinstance(v, float) and math.isfinite(v) for i, v in enumerate(doc["raw"]) if i not in undefined
+    )
     assert all(0.0 <= s <= 1.0 for s in doc["scores"]) and all(doc["scores"][i] == 0.0 for i in undefined)
     if scorer == "weight_delta":
         assert doc["batches_seen"] == 0 and doc["examples_seen"] == 0
@@ -149,7 +162,9 @@ def _reference_cka(model, arch, batches, how):
             lambda m, a, o: captured.__setitem__("out", o[0] if isinstance(o, tuple) else o)  # noqa: B023
         )
         with torch.no_grad():
-            states = model(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True).hidden_states
+            states = model(
+                **{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True
+            ).hidden_states
         handle.remove()
         mask = batch["attention_mask"].numpy()
         for i in range(arch.num_layers):
@@ -218,14 +233,18 @@ def test_cka_hand_worked_invariances():
             self.layers = torch.nn.ModuleList([Layer(fn) for fn in maps])
 
         def forward(self, input_ids, attention_mask):
-            x = torch.randn(*input_ids.shape, 6, generator=torch.Generator().manual_seed(int(input_ids.sum())))
+            x = torch.randn(
+                *input_ids.shape, 6, generator=torch.Generator().manual_seed(int(input_ids.sum()))
+            )
             for layer in self.layers:
                 x = layer(hidden_states=x)[0]
             return x
 
     arch = Architecture("toy", "layers", 3, 6, {"q": [f"layers.{i}.q_proj" for i in range(3)]}, [], False)
-    batches = [{"input_ids": torch.full((5, 3), s), "attention_mask": torch.ones(5, 3, dtype=torch.long)}
-               for s in (1, 2, 3)]
+    batches = [
+        {"input_ids": torch.full((5, 3), s), "attention_mask": torch.ones(5, 3, dtype=torch.long)}
+        for s in (1, 2, 3)
+    ]
     model = Model()
     stat = SCORERS["cka"](model, arch, iter(batches), _cfg(pooling="mean"), CPU)
     assert stat.raw[0] == pytest.approx(0.0, abs=1e-12) and stat.raw[1] == pytest.approx(0.0, abs=1e-12)
@@ -241,7 +260,9 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
     """Reference: per batch, torch.autograd.grad of the loss with respect to every layer's target weights,
     each statistic in float64, averaged over the batches."""
     model.eval()
-    weights = [[model.get_submodule(arch.projections[t][i]).weight for t in targets] for i in range(arch.num_layers)]
+    weights = [
+        [model.get_submodule(arch.projections[t][i]).weight for t in targets] for i in range(arch.num_layers)
+    ]
     for w in (w for layer in weights for w in layer):
         w.requires_grad_(True)
     totals = {kind: np.zeros(arch.num_layers) for kind in GRADIENT_KINDS}
@@ -261,8 +282,13 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
 
 @pytest.mark.parametrize(
     "family,targets,num_labels",
-    [("bert", ["q", "v"], 2), ("deberta-v2", ["q", "v"], 2), ("llama", ["q", "v"], 2),
-     ("qwen2", ["q", "k", "v", "o"], 2), ("roberta", ["q", "v"], 1)],
+    [
+        ("bert", ["q", "v"], 2),
+        ("deberta-v2", ["q", "v"], 2),
+        ("llama", ["q", "v"], 2),
+        ("qwen2", ["q", "k", "v", "o"], 2),
+        ("roberta", ["q", "v"], 1),
+    ],
 )
 def test_gradient_scorers_match_hand_autograd(tiny_models, family, targets, num_labels):
     tok, model, arch = _load(tiny_models[family], num_labels)
@@ -280,8 +306,13 @@ def test_gradient_scorer_matches_module_suffix_targets(tiny_models):
     """A target given as a module-name suffix picks the same weights as its logical name."""
     tok, model, arch = _load(tiny_models["bert"])
     logical = SCORERS["fisher"](model, arch, iter(_batches(tok)), Config.model_validate({}), CPU)
-    suffix = SCORERS["fisher"](model, arch, iter(_batches(tok)),
-                               Config.model_validate({"lora": {"targets": ["query", "value"]}}), CPU)
+    suffix = SCORERS["fisher"](
+        model,
+        arch,
+        iter(_batches(tok)),
+        Config.model_validate({"lora": {"targets": ["query", "value"]}}),
+        CPU,
+    )
     assert suffix.raw == logical.raw
 
 
@@ -317,8 +348,13 @@ def test_state_restored_after_an_error(tiny_models, scorer):
 def test_gradient_scorer_names_a_target_that_matches_nothing(tiny_models):
     tok, model, arch = _load(tiny_models["bert"])
     with pytest.raises(ModelError, match="lora.targets"):
-        SCORERS["grad_norm"](model, arch, iter(_batches(tok)),
-                             Config.model_validate({"lora": {"targets": ["no_such_proj"]}}), CPU)
+        SCORERS["grad_norm"](
+            model,
+            arch,
+            iter(_batches(tok)),
+            Config.model_validate({"lora": {"targets": ["no_such_proj"]}}),
+            CPU,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,7 +367,10 @@ def _reference_delta(peft_model, arch):
     for name, module in peft_model.named_modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
             layer = int(name.split(f".{arch.layers_pattern}.", 1)[1].split(".", 1)[0])
-            a, b = module.lora_A["default"].weight.detach().double(), module.lora_B["default"].weight.detach().double()
+            a, b = (
+                module.lora_A["default"].weight.detach().double(),
+                module.lora_B["default"].weight.detach().double(),
+            )
             norm = float(torch.linalg.matrix_norm(module.scaling["default"] * (b @ a)))
             out[layer] = (out[layer] or 0.0) + norm
     return out
@@ -341,7 +380,9 @@ def _reference_delta(peft_model, arch):
 def test_weight_delta_matches_hand_computation(tiny_models, adapters, family):
     folder, peft_model = adapters[family]
     _, model, arch = _load(tiny_models[family])
-    stat = SCORERS["weight_delta"](model, arch, iter(()), _cfg(scorer="weight_delta", adapter=str(folder)), CPU)
+    stat = SCORERS["weight_delta"](
+        model, arch, iter(()), _cfg(scorer="weight_delta", adapter=str(folder)), CPU
+    )
     expected = _reference_delta(peft_model, arch)
     assert all(v is not None for v in expected)
     assert stat.raw == pytest.approx(expected, rel=1e-6)
@@ -352,22 +393,35 @@ def test_weight_delta_partial_adapter_rslora_and_alpha_pattern(tiny_models, tmp_
     """Layers without adapters are undefined; rsLoRA scaling, rank_pattern and alpha_pattern follow peft."""
     _, model, arch = _load(tiny_models["deberta-v2"])
     folder, peft_model = _make_adapter(
-        tiny_models["deberta-v2"], tmp_path / "adapter", layers=[1, 3], use_rslora=True,
-        rank_pattern={f"layer.3.{arch.relative('q')}": 2}, alpha_pattern={arch.relative("v"): 5},
+        tiny_models["deberta-v2"],
+        tmp_path / "adapter",
+        layers=[1, 3],
+        use_rslora=True,
+        rank_pattern={f"layer.3.{arch.relative('q')}": 2},
+        alpha_pattern={arch.relative("v"): 5},
     )
-    stat = SCORERS["weight_delta"](model, arch, iter(()), _cfg(scorer="weight_delta", adapter=str(folder)), CPU)
+    stat = SCORERS["weight_delta"](
+        model, arch, iter(()), _cfg(scorer="weight_delta", adapter=str(folder)), CPU
+    )
     expected = _reference_delta(peft_model, arch)
     # undefined layers are None on both sides; approx compares only numbers (pytest 9.2 rejects None in it)
-    assert [i for i, v in enumerate(stat.raw) if v is None] == [i for i, v in enumerate(expected) if v is None] == [0, 2]
+    assert (
+        [i for i, v in enumerate(stat.raw) if v is None]
+        == [i for i, v in enumerate(expected) if v is None]
+        == [0, 2]
+    )
     assert [stat.raw[i] for i in (1, 3)] == pytest.approx([expected[i] for i in (1, 3)], rel=1e-6)
-    assert peft_model.get_submodule(f"base_model.model.{arch.projections['v'][1]}").scaling["default"] == 5 / 2
+    assert (
+        peft_model.get_submodule(f"base_model.model.{arch.projections['v'][1]}").scaling["default"] == 5 / 2
+    )
 
 
 def test_weight_delta_rejects_an_adapter_for_another_model(tiny_models, adapters):
     _, model, arch = _load(tiny_models["bert"])
     with pytest.raises(ModelError, match="probe.adapter"):
-        SCORERS["weight_delta"](model, arch, iter(()),
-                                _cfg(scorer="weight_delta", adapter=str(adapters["llama"][0])), CPU)
+        SCORERS["weight_delta"](
+            model, arch, iter(()), _cfg(scorer="weight_delta", adapter=str(adapters["llama"][0])), CPU
+        )
 
 
 def test_weight_delta_rejects_dora(tiny_models, tmp_path):

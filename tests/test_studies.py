@@ -24,8 +24,13 @@ def _run(*args):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_models, tiny_task):
     root = tmp_path_factory.mktemp("studies")
-    cfg = tiny_config(tiny_models["bert"], tiny_task, root / "run", probe={"steps": 2, "batch_size": 8},
-                      train={"epochs": 2, "lr": 2e-2})
+    cfg = tiny_config(
+        tiny_models["bert"],
+        tiny_task,
+        root / "run",
+        probe={"steps": 2, "batch_size": 8},
+        train={"epochs": 2, "lr": 2e-2},
+    )
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return root, path
@@ -40,8 +45,20 @@ def _study(out, name):
 def test_stability_over_seeds(setup):
     root, cfg = setup
     out = root / "out"
-    _run("study", "stability", "-c", cfg, "--scorers", "activation_norm,grad_norm", "--seeds", 3, "--ks", "1,2",
-         "--out", out)
+    _run(
+        "study",
+        "stability",
+        "-c",
+        cfg,
+        "--scorers",
+        "activation_norm,grad_norm",
+        "--seeds",
+        3,
+        "--ks",
+        "1,2",
+        "--out",
+        out,
+    )
     doc = _study(out, "stability")
     payload = doc["result"]
     for scorer in ("activation_norm", "grad_norm"):
@@ -72,8 +89,16 @@ def test_correlation_with_ablation(setup):
     out = root / "out_c"
     _run("train", "-c", cfg, "--k", "all")
     _run("ablate", "-c", cfg)
-    _run("study", "correlation", "-c", cfg, "--scorers", "activation_norm,cka,grad_norm,fisher,taylor,weight_delta",
-         "--out", out)
+    _run(
+        "study",
+        "correlation",
+        "-c",
+        cfg,
+        "--scorers",
+        "activation_norm,cka,grad_norm,fisher,taylor,weight_delta",
+        "--out",
+        out,
+    )
     doc = _study(out, "correlation")
     results = doc["result"]["results"]
     assert set(results) == {"q", "v", "both"}
@@ -93,8 +118,18 @@ def test_correlation_with_ablation(setup):
 def test_task_agreement_on_packaged_domains(setup):
     root, cfg = setup
     out = root / "out_tasks"
-    _run("study", "tasks", "-c", cfg, "--tasks", "movies,tweets,nyt", "--out", out,
-         "--set", "task.max_train_examples=64")
+    _run(
+        "study",
+        "tasks",
+        "-c",
+        cfg,
+        "--tasks",
+        "movies,tweets,nyt",
+        "--out",
+        out,
+        "--set",
+        "task.max_train_examples=64",
+    )
     doc = _study(out, "tasks")
     matrix = doc["result"]["results"]["spearman"]
     assert set(matrix) == {"movies", "tweets", "nyt"}

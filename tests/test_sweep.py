@@ -30,8 +30,15 @@ def sentiment_cache(tmp_path_factory) -> Path:
         files = write_task(root / f"{domain}-csv", n_train=48, n_val=24, seed=seed)
         for split, path in files.items():
             with open(path) as handle:
-                rows = [{"id": str(i), "text": r["text"], "rating": 2.0 if r["label"] == "1" else -2.0,
-                         "label": int(r["label"])} for i, r in enumerate(csv.DictReader(handle))]
+                rows = [
+                    {
+                        "id": str(i),
+                        "text": r["text"],
+                        "rating": 2.0 if r["label"] == "1" else -2.0,
+                        "label": int(r["label"]),
+                    }
+                    for i, r in enumerate(csv.DictReader(handle))
+                ]
             (root / domain).mkdir(exist_ok=True)
             (root / domain / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "manifest.json").write_text(json.dumps({"format_version": sentiment_data.FORMAT_VERSION}))
@@ -41,8 +48,9 @@ def sentiment_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def base(tmp_path, tiny_models, tiny_task, sentiment_cache) -> Config:
-    cfg = tiny_config(tiny_models["bert"], tiny_task, tmp_path / "ignored", rank={"k": "all"},
-                      train={"max_steps": 2})
+    cfg = tiny_config(
+        tiny_models["bert"], tiny_task, tmp_path / "ignored", rank={"k": "all"}, train={"max_steps": 2}
+    )
     cfg["task"] = {"name": "movies", "data_dir": str(sentiment_cache), "max_length": 32}
     return Config.model_validate(cfg)
 
@@ -95,18 +103,29 @@ def test_grid_end_to_end_then_nothing_to_do_then_partial_resume(tmp_path, base, 
             resolved = yaml.safe_load((run / "config.resolved.yaml").read_text())
             summary = json.loads((run / "train_summary.json").read_text())
             assert (resolved["task"]["name"], resolved["train"]["seed"], summary["lora"]["method"]) == (
-                task, int(name[-1]), name.split("-")[0])
+                task,
+                int(name[-1]),
+                name.split("-")[0],
+            )
             if "-k2-" in name:
                 # each k=2 point ranked its own copy of its task's probe
-                assert (run / "scores.json").read_bytes() == (out / task / "probe" / "scores.json").read_bytes()
+                assert (run / "scores.json").read_bytes() == (
+                    out / task / "probe" / "scores.json"
+                ).read_bytes()
                 assert json.loads((run / "selection.json").read_text())["k"] == 2
                 assert len(summary["plan"]["layers"]) == 2
         # one comparison per task: the seeds of a point form a group, the lora k=all group is the baseline
         comparison = json.loads((out / task / "comparison.json").read_text())
         assert comparison["task"] == task and comparison["note"] is None
         assert Path(comparison["baseline"]).name == "lora-kall-seed0"
-        assert [(g["method"], len(g["layers"]), g["seeds"], g["is_baseline"]) for g in comparison["groups"]] == [
-            ("lora", 4, [0, 1], True), ("lora", 2, [0, 1], False), ("ia3", 4, [0, 1], False), ("ia3", 2, [0, 1], False)]
+        assert [
+            (g["method"], len(g["layers"]), g["seeds"], g["is_baseline"]) for g in comparison["groups"]
+        ] == [
+            ("lora", 4, [0, 1], True),
+            ("lora", 2, [0, 1], False),
+            ("ia3", 4, [0, 1], False),
+            ("ia3", 2, [0, 1], False),
+        ]
         assert sorted(Path(r["run"]).name for r in comparison["rows"]) == sorted(names)
         assert "lora [all]" in (out / task / "comparison.md").read_text()
     # the probe ran once per task, in the task's probe folder, with the probe's seed
@@ -136,11 +155,16 @@ def test_grid_end_to_end_then_nothing_to_do_then_partial_resume(tmp_path, base, 
     assert (resumed / "checkpoints" / "last").is_dir()
     plan = sweep.run_sweep(base, grid, out, dry_run=True)
     assert {(p["task"], p["name"]): p["action"] for p in plan["points"] if p["action"] != "skip"} == {
-        ("movies", "lora-kall-seed0"): "eval", ("tweets", "ia3-k2-seed1"): "resume"}
+        ("movies", "lora-kall-seed0"): "eval",
+        ("tweets", "ia3-k2-seed1"): "resume",
+    }
     assert not (resumed / "eval.json").exists()  # the dry run wrote nothing
     sweep.run_sweep(base, grid, out)
-    assert calls.log == [("run_eval", "lora-kall-seed0", False), ("run_train", "ia3-k2-seed1", True),
-                         ("run_eval", "ia3-k2-seed1", False)]
+    assert calls.log == [
+        ("run_eval", "lora-kall-seed0", False),
+        ("run_train", "ia3-k2-seed1", True),
+        ("run_eval", "ia3-k2-seed1", False),
+    ]
 
     calls.log.clear()
     changed = base.model_copy(update={"train": base.train.model_copy(update={"lr": 1e-3})})
@@ -211,7 +235,9 @@ def base_yaml(tmp_path, base) -> str:
         (["--set", "rank.k=null", "--set", "rank.tau=0.5"], "--k", "chooses k by rank.tau"),
     ],
 )
-def test_bad_grid_exits_2_naming_the_flag_and_writes_nothing(tmp_path, base_yaml, monkeypatch, flags, named, says):
+def test_bad_grid_exits_2_naming_the_flag_and_writes_nothing(
+    tmp_path, base_yaml, monkeypatch, flags, named, says
+):
     calls = Calls(monkeypatch)
     result, text = _invoke("--config", base_yaml, "--out", str(tmp_path / "sweep"), *flags)
     assert result.exit_code == 2, text
@@ -222,8 +248,21 @@ def test_bad_grid_exits_2_naming_the_flag_and_writes_nothing(tmp_path, base_yaml
 def test_dry_run_lists_points_and_writes_nothing(tmp_path, base_yaml, monkeypatch):
     calls = Calls(monkeypatch)
     out = tmp_path / "sweep"
-    result, text = _invoke("-c", base_yaml, "--out", str(out), "--methods", "lora", "--k", "all,2",
-                           "--seeds", "0,1", "--tasks", "movies,tweets", "--dry-run")
+    result, text = _invoke(
+        "-c",
+        base_yaml,
+        "--out",
+        str(out),
+        "--methods",
+        "lora",
+        "--k",
+        "all,2",
+        "--seeds",
+        "0,1",
+        "--tasks",
+        "movies,tweets",
+        "--dry-run",
+    )
     assert result.exit_code == 0, text
     assert "8 points" in text and text.count("lora-kall-seed0") == 2 and "train" in text
     assert "probe movies: probe" in text
@@ -264,7 +303,9 @@ def test_a_point_that_failed_mid_training_resumes_from_its_checkpoint(tmp_path, 
     checkpoint, finishes its 6 steps and evaluates, instead of starting it afresh."""
     from actlora_cli import train
 
-    cfg = base.model_copy(update={"train": base.train.model_copy(update={"max_steps": None, "save_every": 2})})
+    cfg = base.model_copy(
+        update={"train": base.train.model_copy(update={"max_steps": None, "save_every": 2})}
+    )
     grid = _grid(cfg, k="all")
     real = poison_loss(monkeypatch, at_call=5)
     with pytest.raises(train.NonFiniteLoss):

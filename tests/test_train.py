@@ -101,9 +101,17 @@ def _write_selection(cfg: Config, layers: list[int]) -> None:
     from actlora_cli import artifacts
 
     artifacts.write_artifact(
-        cfg.run_dir / "selection.json", "selection",
-        {"layers": layers, "k": len(layers), "tau": None, "rule": "top_k", "ranking": layers,
-         "cumulative_importance": [1.0] * len(layers), "model": {"name": cfg.model.name}},
+        cfg.run_dir / "selection.json",
+        "selection",
+        {
+            "layers": layers,
+            "k": len(layers),
+            "tau": None,
+            "rule": "top_k",
+            "ranking": layers,
+            "cumulative_importance": [1.0] * len(layers),
+            "model": {"name": cfg.model.name},
+        },
     )
 
 
@@ -132,7 +140,9 @@ def test_log_and_summary(tmp_path, tiny_models, tiny_task):
     assert (cfg.run_dir / "checkpoints" / "step-12" / "adapter_model.safetensors").is_file()
 
 
-def test_nan_stops_with_checkpoint_then_resume_matches_uninterrupted(tmp_path, tiny_models, tiny_task, monkeypatch):
+def test_nan_stops_with_checkpoint_then_resume_matches_uninterrupted(
+    tmp_path, tiny_models, tiny_task, monkeypatch
+):
     sections = {"rank": {"k": "all"}, "train": {"epochs": 2, "save_every": 5}}
     full = _cfg(tmp_path / "a", tiny_models, tiny_task, **sections)
     train.run_train(full)
@@ -192,13 +202,18 @@ def test_peft_loads_adapter_and_reproduces_eval_logits(tmp_path, tiny_models, ti
     reloaded = PeftModel.from_pretrained(base, str(cfg.run_dir / "adapter")).eval()
     texts = load_examples(cfg.task, spec, "validation").texts[0]
     with torch.no_grad():
-        theirs = torch.cat([reloaded(**tok(t, return_tensors="pt", truncation=True, max_length=32)).logits for t in texts])
+        theirs = torch.cat(
+            [reloaded(**tok(t, return_tensors="pt", truncation=True, max_length=32)).logits for t in texts]
+        )
     torch.testing.assert_close(torch.from_numpy(ours), theirs, rtol=1e-4, atol=1e-5)
     assert adapters.adapted_layers(reloaded, locate(base)) == [1, 3]
     # the trained head came back too (not a fresh random classifier)
     fresh = AutoModelForSequenceClassification.from_pretrained(tiny_models[family], num_labels=2)
     head = locate(fresh).head_modules[-1]
-    assert not torch.equal(fresh.get_submodule(head).weight, reloaded.base_model.model.get_submodule(head).modules_to_save["default"].weight)
+    assert not torch.equal(
+        fresh.get_submodule(head).weight,
+        reloaded.base_model.model.get_submodule(head).modules_to_save["default"].weight,
+    )
 
     doc = evaluation.run_eval(cfg, timing_batches=2)
     assert doc["metrics"]["validation"] == pytest.approx(summary["final_metrics"]["validation"], abs=1e-9)
@@ -234,8 +249,14 @@ def test_dropped_last_batch_still_ends_the_epoch(tmp_path, tiny_models, tiny_tas
     """95 examples, batch 8, grad_accum 2: the last batch (7 examples) is kept; 89: the last (1 example) cannot
     fill 2 micro-batches and is dropped, and the epoch is counted the same way (the loop used to spin)."""
     for n, steps in ((95, 12), (89, 11)):
-        cfg = _cfg(tmp_path / str(n), tiny_models, tiny_task, rank={"k": "all"},
-                   task={"max_train_examples": n}, train={"epochs": 2, "grad_accum": 2})
+        cfg = _cfg(
+            tmp_path / str(n),
+            tiny_models,
+            tiny_task,
+            rank={"k": "all"},
+            task={"max_train_examples": n},
+            train={"epochs": 2, "grad_accum": 2},
+        )
         assert train.run_train(cfg)["steps"] == 2 * steps
 
 
@@ -276,7 +297,13 @@ def test_stale_selection_is_refused(tmp_path, tiny_models, tiny_task):
 def test_fp32_training_on_a_bf16_model_is_refused(tmp_path, tiny_models, tiny_task):
     from actlora_cli.errors import ConfigError
 
-    cfg = _cfg(tmp_path, tiny_models, tiny_task, model={"dtype": "bfloat16"}, rank={"k": "all"},
-               train={"max_steps": 1, "precision": "fp32"})
+    cfg = _cfg(
+        tmp_path,
+        tiny_models,
+        tiny_task,
+        model={"dtype": "bfloat16"},
+        rank={"k": "all"},
+        train={"max_steps": 1, "precision": "fp32"},
+    )
     with pytest.raises(ConfigError, match="train.precision"):
         train.run_train(cfg)

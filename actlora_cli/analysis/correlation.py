@@ -26,8 +26,13 @@ def check_vectors(named: dict[str, list[float]], fix: str) -> dict[str, np.ndarr
     problems, arrays = [], {}
     for name, values in named.items():
         if any(v is None for v in values):
-            problems.append(Problem(name, "has undefined (None) layer scores",
-                                    "normalise with actlora_cli.selection.min_max, which scores them 0"))
+            problems.append(
+                Problem(
+                    name,
+                    "has undefined (None) layer scores",
+                    "normalise with actlora_cli.selection.min_max, which scores them 0",
+                )
+            )
             continue
         array = np.asarray(values, dtype=float)
         if array.ndim != 1 or array.size < 2:
@@ -99,8 +104,9 @@ def correlate_with_reference(scorers: dict[str, list[float]], reference: list[fl
     for name in scorers:
         row, undefined = {}, {}
         for measure in MEASURES:
-            row[measure], reason = similarity(arrays[f"scorer '{name}'"], arrays["reference"], measure,
-                                              (name, "reference"))
+            row[measure], reason = similarity(
+                arrays[f"scorer '{name}'"], arrays["reference"], measure, (name, "reference")
+            )
             if reason is not None:
                 undefined[measure] = reason
         result[name] = {**row, "undefined": undefined}

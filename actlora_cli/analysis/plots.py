@@ -46,8 +46,12 @@ def plot_layer_scores(scores: Sequence[float], selected: Sequence[int], path: Pa
     colors = {True: "tab:orange", False: "lightsteelblue"}
     ax.bar(layers, scores, color=[colors[i in chosen] for i in layers])
     ax.set(xticks=list(layers), xlabel="layer", ylabel="score", title=title)
-    ax.legend(handles=[Patch(color=colors[True], label=f"selected ({len(chosen)})"),
-                       Patch(color=colors[False], label="not selected")])
+    ax.legend(
+        handles=[
+            Patch(color=colors[True], label=f"selected ({len(chosen)})"),
+            Patch(color=colors[False], label="not selected"),
+        ]
+    )
     return _save(fig, path)
 
 

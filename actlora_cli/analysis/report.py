@@ -50,10 +50,19 @@ def write_study(out_dir: Path | str, name: str, result: dict[str, Any], markdown
     try:
         json.dumps(result, allow_nan=False)
     except ValueError:
-        raise ActloraError(Problem(f"study '{name}'", "result holds NaN or infinity, which is not valid JSON",
-                                   "report an undefined value as None with its reason")) from None
-    payload = {"study": name, "actlora": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "result": result}
+        raise ActloraError(
+            Problem(
+                f"study '{name}'",
+                "result holds NaN or infinity, which is not valid JSON",
+                "report an undefined value as None with its reason",
+            )
+        ) from None
+    payload = {
+        "study": name,
+        "actlora": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "result": result,
+    }
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     write_artifact(json_path, "study", payload)
     atomic_write_text(md_path, markdown if markdown.endswith("\n") else markdown + "\n")

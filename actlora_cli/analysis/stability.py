@@ -51,8 +51,9 @@ def seed_stability(scores_by_seed: list[list[float]], ks: list[int]) -> dict:
     n_layers = arrays[0].size
     bad = [k for k in ks if not 1 <= k <= n_layers]
     if bad:
-        raise ActloraError(Problem("ks", f"{bad} outside 1..{n_layers} (the number of layers)",
-                                   f"choose k in 1..{n_layers}"))
+        raise ActloraError(
+            Problem("ks", f"{bad} outside 1..{n_layers} (the number of layers)", f"choose k in 1..{n_layers}")
+        )
     pairs = list(combinations(range(len(arrays)), 2))
     taus, reasons = [], []
     for i, j in pairs:
@@ -79,8 +80,10 @@ def seed_stability(scores_by_seed: list[list[float]], ks: list[int]) -> dict:
 
 def markdown(result: dict, label: str = "scores") -> str:
     """Tables 9 and 10 layout: Kendall tau (mean ± std) over seed pairs, then top-k Jaccard for each k."""
-    head = (f"{result['n_seeds']} seeds, {result['n_pairs']} pairs, {result['n_layers']} layers; "
-            "std over pairs (ddof=0)\n\n")
+    head = (
+        f"{result['n_seeds']} seeds, {result['n_pairs']} pairs, {result['n_layers']} layers; "
+        "std over pairs (ddof=0)\n\n"
+    )
     tau = markdown_table(["Scorer", "Kendall τ (mean ± std)"], [[label, mean_std(result["kendall_tau"])]])
     jac = markdown_table(
         ["k", f"Jaccard {label} (mean ± std)"], [[k, mean_std(r)] for k, r in result["jaccard"].items()]

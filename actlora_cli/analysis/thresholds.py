@@ -13,9 +13,7 @@ from .report import markdown_table
 PAPER_TAUS = (0.25, 0.5, 0.75, 1.0)
 
 
-def threshold_table(
-    scores: list[float], taus: Sequence[float] = PAPER_TAUS
-) -> list[dict[str, float | int]]:
+def threshold_table(scores: list[float], taus: Sequence[float] = PAPER_TAUS) -> list[dict[str, float | int]]:
     """One row {"tau", "k", "C(k)"} per tau: k = k_tau from selection.k_for_tau and the C(k) it reaches."""
     check_vectors({"scores": scores}, "give one score per layer")
     bad = [t for t in taus if not 0 < t <= 1]

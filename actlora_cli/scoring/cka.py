@@ -79,7 +79,9 @@ class _Moments:
         if self.sums[index] is None:
             dx, dy = x.shape[1], y.shape[1]
             shapes = {"xx": (dx, dx), "yy": (dy, dy), "xy": (dx, dy), "x": (dx,), "y": (dy,), "n": ()}
-            self.sums[index] = {k: torch.zeros(v, dtype=torch.float64, device=self.device) for k, v in shapes.items()}
+            self.sums[index] = {
+                k: torch.zeros(v, dtype=torch.float64, device=self.device) for k, v in shapes.items()
+            }
         s = self.sums[index]
         s["xx"].addmm_(x.T, x)
         s["yy"].addmm_(y.T, y)

@@ -61,13 +61,19 @@ def target_weights(model: nn.Module, arch: Architecture, targets: list[str]) -> 
         ]
         if not weights:
             raise ModelError(
-                Problem("lora.targets", f"{targets} match no module with a weight in {arch.layer_path(index)}",
-                        "use q, k, v, o or a module name suffix of the layer")
+                Problem(
+                    "lora.targets",
+                    f"{targets} match no module with a weight in {arch.layer_path(index)}",
+                    "use q, k, v, o or a module name suffix of the layer",
+                )
             )
         if not all(w.is_floating_point() for w in weights):
             raise ModelError(
-                Problem("probe.scorer", "gradient scorers need floating-point weights, and the base is quantised",
-                        "probe with model.quantization=none (the scores then transfer to the 4-bit run)")
+                Problem(
+                    "probe.scorer",
+                    "gradient scorers need floating-point weights, and the base is quantised",
+                    "probe with model.quantization=none (the scores then transfer to the 4-bit run)",
+                )
             )
         per_layer.append(weights)
     return per_layer
@@ -130,8 +136,11 @@ def gradient_scorer(
             loss = compute_loss(model(**batch).logits, labels, regression)
             grads = global_mean_gradient(torch.autograd.grad(loss, flat), labels.shape[0])
             per_weight = torch.stack([stat(w, g) for w, g in zip(flat, grads)])
-            values.append(torch.zeros(arch.num_layers, dtype=torch.float64, device=device).index_add_(
-                0, owner, per_weight))
+            values.append(
+                torch.zeros(arch.num_layers, dtype=torch.float64, device=device).index_add_(
+                    0, owner, per_weight
+                )
+            )
             tokens += batch["attention_mask"].sum()
             examples += labels.shape[0]
     # the statistics are of the global batch's gradient, already identical on every rank: no reduction

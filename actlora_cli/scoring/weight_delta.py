@@ -37,15 +37,30 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
 
     config = json.loads((folder / "adapter_config.json").read_text())
     if config.get("peft_type") != "LORA":
-        raise ModelError(Problem("probe.adapter", f"'{folder}' is a {config.get('peft_type')} adapter, not LoRA",
-                                 "give a LoRA adapter (actlora train --k all writes one)"))
+        raise ModelError(
+            Problem(
+                "probe.adapter",
+                f"'{folder}' is a {config.get('peft_type')} adapter, not LoRA",
+                "give a LoRA adapter (actlora train --k all writes one)",
+            )
+        )
     if config.get("use_dora"):
-        raise ModelError(Problem("probe.adapter", f"'{folder}' is a DoRA adapter: its update is not s B A",
-                                 "give a plain LoRA adapter"))
+        raise ModelError(
+            Problem(
+                "probe.adapter",
+                f"'{folder}' is a DoRA adapter: its update is not s B A",
+                "give a plain LoRA adapter",
+            )
+        )
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():
-        raise ModelError(Problem("probe.adapter", f"'{folder}' has no adapter_model.safetensors",
-                                 "save the adapter with peft's save_pretrained (safetensors is its default)"))
+        raise ModelError(
+            Problem(
+                "probe.adapter",
+                f"'{folder}' has no adapter_model.safetensors",
+                "save the adapter with peft's save_pretrained (safetensors is its default)",
+            )
+        )
     return config, load_file(str(weights))
 
 
@@ -61,8 +76,10 @@ def adapter_delta_norms(folder: Path, model: nn.Module, arch: Architecture) -> l
 
     config, tensors = read_adapter(folder)
     alpha_pattern = config.get("alpha_pattern") or {}
-    key = re.compile(rf"^(?P<module>(?:.*?\.)?{re.escape(arch.layers_pattern)}\.(?P<layer>\d+)\.(?P<rel>.+))"
-                     r"\.lora_A\.weight$")
+    key = re.compile(
+        rf"^(?P<module>(?:.*?\.)?{re.escape(arch.layers_pattern)}\.(?P<layer>\d+)\.(?P<rel>.+))"
+        r"\.lora_A\.weight$"
+    )
     raw: list[float | None] = [None] * arch.num_layers
     for name, a in tensors.items():
         match = key.match(name.removeprefix(PEFT_PREFIX))
@@ -70,22 +87,38 @@ def adapter_delta_norms(folder: Path, model: nn.Module, arch: Architecture) -> l
             continue
         layer, module = int(match["layer"]), match["module"]
         if layer >= arch.num_layers:
-            raise ModelError(Problem("probe.adapter", f"'{folder}' adapts layer {layer}, but this "
-                                     f"{arch.model_type} model has {arch.num_layers} layers",
-                                     "give an adapter trained on this model"))
+            raise ModelError(
+                Problem(
+                    "probe.adapter",
+                    f"'{folder}' adapts layer {layer}, but this "
+                    f"{arch.model_type} model has {arch.num_layers} layers",
+                    "give an adapter trained on this model",
+                )
+            )
         base = _base_shape(model, f"{arch.layer_path(layer)}.{match['rel']}")
         b = tensors.get(name.replace(".lora_A.weight", ".lora_B.weight"))
         if b is None or base != (b.shape[0], a.shape[1]):
-            raise ModelError(Problem("probe.adapter", f"'{folder}' does not fit this model at {module} (adapter "
-                                     f"B {tuple(b.shape) if b is not None else 'missing'} x A {tuple(a.shape)}, "
-                                     f"model weight {base or 'missing'})", "give an adapter trained on this model"))
+            raise ModelError(
+                Problem(
+                    "probe.adapter",
+                    f"'{folder}' does not fit this model at {module} (adapter "
+                    f"B {tuple(b.shape) if b is not None else 'missing'} x A {tuple(a.shape)}, "
+                    f"model weight {base or 'missing'})",
+                    "give an adapter trained on this model",
+                )
+            )
         r = a.shape[0]  # the module's own rank (rank_pattern is already in the shapes)
         alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config["lora_alpha"])
         scaling = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
         raw[layer] = (raw[layer] or 0.0) + delta_norm(a, b, scaling)
     if all(v is None for v in raw):
-        raise ModelError(Problem("probe.adapter", f"'{folder}' holds no LoRA weights in {arch.stack_path}.<i>",
-                                 "give an adapter trained on this model"))
+        raise ModelError(
+            Problem(
+                "probe.adapter",
+                f"'{folder}' holds no LoRA weights in {arch.stack_path}.<i>",
+                "give an adapter trained on this model",
+            )
+        )
     return raw
 
 
@@ -101,8 +134,12 @@ def _base_shape(model: nn.Module, path: str) -> tuple[int, int] | None:
     return tuple(weight.shape) if weight is not None and weight.dim() == 2 else None
 
 
-def weight_delta_scorer(model: nn.Module, arch: Architecture, batches, cfg, device: torch.device) -> LayerStatistic:
+def weight_delta_scorer(
+    model: nn.Module, arch: Architecture, batches, cfg, device: torch.device
+) -> LayerStatistic:
     """The registry's entry: reads ``probe.adapter``; ``batches`` is left unconsumed."""
     start = time.perf_counter()
     raw = adapter_delta_norms(Path(cfg.probe.adapter).expanduser(), model, arch)
-    return LayerStatistic(raw=raw, batches=0, tokens=0, examples=0, forward_seconds=time.perf_counter() - start)
+    return LayerStatistic(
+        raw=raw, batches=0, tokens=0, examples=0, forward_seconds=time.perf_counter() - start
+    )
