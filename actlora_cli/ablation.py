@@ -17,7 +17,7 @@ from typing import Any
 from . import artifacts, ui
 from .config import Config
 from .data import encoded_split, eval_splits, task_spec
-from .distributed import barrier, setup
+from .distributed import setup
 from .errors import ArtifactError, Problem
 from .evaluation import evaluate_metrics, load_trained
 
@@ -109,9 +109,5 @@ def run_ablation(cfg: Config, mode: str = "adapter") -> dict[str, Any]:
         "full_metric": full,
         "drop": drops,
         "importance": importance,
-        "provenance": artifacts.provenance(cfg.hash()),
     }
-    if ctx.is_main:
-        doc = artifacts.write_artifact(cfg.run_dir / "ablation.json", "ablation", doc)
-    barrier()  # every rank ends together (see run_eval)
-    return doc
+    return artifacts.finish_stage(cfg, "ablation", doc, ctx.is_main)

@@ -90,6 +90,20 @@ def write_artifact(path: Path, kind: str, payload: dict[str, Any]) -> dict[str, 
     return doc
 
 
+def finish_stage(cfg, kind: str, payload: dict[str, Any], is_main: bool = True) -> dict[str, Any]:
+    """How every stage ends: its artefact ``kind`` in the run folder with provenance, and the resolved config
+    beside it, written by the main process; then every rank waits, so none tears its process group down while
+    rank 0 still writes (gloo has been seen to abort at exit otherwise). Returns the document."""
+    from .distributed import barrier
+
+    doc = {**payload, "provenance": provenance(cfg.hash())}
+    if is_main:
+        doc = write_artifact(cfg.run_dir / KINDS[kind][0], kind, doc)
+        write_resolved(cfg)
+    barrier()
+    return doc
+
+
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from . import ui
-from .config import Config, load_config
+from .config import CLEAR, Config, load_config, parse_list
 from .errors import ActloraError, ConfigError, Problem
 
 app = typer.Typer(
@@ -67,6 +67,10 @@ SiteOpt = Annotated[
 KOpt = Annotated[
     str | None, typer.Option("--k", help="Adapt the top-k layers; 'all' = every layer (rank.k).")
 ]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option("--layers", help="An explicit plan: comma-separated layer indices, e.g. 3,4,5 (rank.layers)."),
+]
 TauOpt = Annotated[
     float | None,
     typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau)."),
@@ -100,32 +104,31 @@ def _handled(debug: bool):
 
 def _numbers(text: str, kind: type, flag: str) -> list:
     try:
-        return [kind(part) for part in _csv(text)]
+        return [kind(part) for part in parse_list(text)]
     except ValueError:
-        raise ConfigError(
-            [Problem(flag, f"expected comma-separated numbers, got '{text}'", "e.g. 2,4")]
-        ) from None
+        raise ConfigError([Problem(flag, f"expected comma-separated numbers, got '{text}'", "e.g. 2,4")]) from None
 
 
-def _parse_k(k: str | None) -> int | str | None:
-    if k is None or k == "all":
+def _parse_k(k: str) -> int | str:
+    if k == "all":
         return k
     try:
         return int(k)
     except ValueError:
-        raise ConfigError(
-            [Problem("--k", f"expected a whole number or 'all', got '{k}'", "e.g. --k 3")]
-        ) from None
+        raise ConfigError([Problem("--k", f"expected a whole number or 'all', got '{k}'", "e.g. --k 3")]) from None
 
 
-def _rule_overrides(k: str | None, tau: float | None) -> list[str]:
-    """--k / --tau replace the file's selection rule rather than join it (k and tau are exclusive)."""
-    if k is None and tau is None:
-        return []
-    return [
-        f"rank.k={_parse_k(k) if k is not None else 'null'}",
-        f"rank.tau={tau if tau is not None else 'null'}",
-    ]
+def _rule_values(k: str | None, tau: float | None, layers: str | None) -> dict[str, Any]:
+    """--k, --tau and --layers as typed config values. They are one rule, so a flag given replaces the file's
+    whole rule: the two others are cleared (CLEAR), where an absent flag (None) leaves the file alone."""
+    given = {
+        "rank.k": None if k is None else _parse_k(k),
+        "rank.tau": tau,
+        "rank.layers": None if layers is None else _numbers(layers, int, "--layers"),
+    }
+    if all(v is None for v in given.values()):
+        return {}
+    return {key: CLEAR if value is None else value for key, value in given.items()}
 
 
 def _config(config: Path | None, overrides: list[str] | None, values: dict[str, Any]) -> Config:
@@ -199,33 +202,35 @@ def rank(
     output_dir: OutputOpt = None,
     k: KOpt = None,
     tau: TauOpt = None,
+    layers: LayersOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Turn <run>/scores.json into a layer plan: the top-k layers (--k), or the least k whose cumulative
-    importance C(k) reaches --tau. Writes <run>/selection.json with the C(k) curve."""
+    """Turn <run>/scores.json into a layer plan: the top-k layers (--k), the least k whose cumulative
+    importance C(k) reaches --tau, or the layers you name (--layers 3,4,5; scores.json optional, and when it is
+    there the plan's share of the score is recorded). Writes <run>/selection.json with the C(k) curve."""
     with _handled(debug):
-        cfg = _config(config, [*(set_ or []), *_rule_overrides(k, tau)], {"output_dir": output_dir})
+        cfg = _config(config, set_, {"output_dir": output_dir, **_rule_values(k, tau, layers)})
         from .rank import run_rank
 
         doc = run_rank(cfg)
         chosen = set(doc["layers"])
-        table = Table(
-            title=f"layer plan ({doc['rule']}): k={doc['k']}" + (f", tau={doc['tau']}" if doc["tau"] else "")
-        )
+        tau_shown = f", tau={doc['tau']}" if doc["tau"] else ""
+        table = Table(title=f"layer plan ({doc['rule']}): k={doc['k']}{tau_shown}")
         for col in ("rank", "layer", "score", "C(k)", "selected"):
             table.add_column(col, justify="right")
-        for position, layer in enumerate(doc["ranking"]):
+        # an explicit plan made without scores has no ranking: its table lists the chosen layers only
+        ranking = doc["ranking"] or doc["layers"]
+        for position, layer in enumerate(ranking):
             table.add_row(
-                str(position + 1),
+                str(position + 1) if doc["ranking"] else "",
                 str(layer),
-                f"{doc['scores'][layer]:.3f}",
-                f"{doc['cumulative_importance'][position]:.3f}",
+                f"{doc['scores'][layer]:.3f}" if doc["scores"] else "",
+                f"{doc['cumulative_importance'][position]:.3f}" if doc["cumulative_importance"] else "",
                 "yes" if layer in chosen else "",
             )
         ui.out.print(table)
-        ui.out.print(
-            f"selected layers {doc['layers']} (C(k)={doc['coverage']:.3f}) -> {cfg.run_dir / 'selection.json'}"
-        )
+        coverage = "" if doc["coverage"] is None else f" (share of the score {doc['coverage']:.3f})"
+        ui.out.print(f"selected layers {doc['layers']}{coverage} -> {cfg.run_dir / 'selection.json'}")
 
 
 @app.command(short_help="Train lora.method on the layer plan -> <run>/adapter/, train_summary.json.")
@@ -235,6 +240,7 @@ def train(
     output_dir: OutputOpt = None,
     k: KOpt = None,
     tau: TauOpt = None,
+    layers: LayersOpt = None,
     seed: SeedOpt = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="train.epochs")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="train.lr")] = None,
@@ -251,19 +257,24 @@ def train(
     with _handled(debug):
         cfg = _config(
             config,
-            [*(set_ or []), *_rule_overrides(k, tau)],
+            set_,
             {
                 "output_dir": output_dir,
                 "train.seed": seed,
                 "train.epochs": epochs,
                 "train.lr": lr,
                 "train.max_steps": max_steps,
+                **_rule_values(k, tau, layers),
             },
         )
         _quiet_libraries()
+        from .rank import ranked_now
         from .train import run_train
 
-        doc = run_train(cfg, rule_from_flags=k is not None or tau is not None, resume=resume)
+        # a k or tau typed here ranks the run's scores now, ahead of an older selection.json; otherwise the run's
+        # own plan (rank.layers, --k all, selection.json, or the file's rule on scores.json)
+        plan = ranked_now(cfg) if (k not in (None, "all")) or tau is not None else None
+        doc = run_train(cfg, plan=plan, resume=resume)
         if not ui.quiet():
             table = Table(
                 title=f"train: {doc['method']} on {doc['model']['name']}, {doc['task']['name']}, "
@@ -490,10 +501,6 @@ def sweep(
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the study's JSON, Markdown and plots.")]
 
 
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _print_md(out: Path, name: str) -> None:
     sys.stdout.write((out / f"{name}.md").read_text())
 
@@ -514,7 +521,7 @@ def study_stability_cmd(
         _quiet_libraries()
         from .studies import study_stability
 
-        study_stability(cfg, _csv(scorers), list(range(seeds)), _numbers(ks, int, "--ks"), out)
+        study_stability(cfg, parse_list(scorers), list(range(seeds)), _numbers(ks, int, "--ks"), out)
         _print_md(out, "stability")
 
 
@@ -532,7 +539,7 @@ def study_tasks_cmd(
         _quiet_libraries()
         from .studies import study_tasks
 
-        study_tasks(cfg, _csv(tasks), out)
+        study_tasks(cfg, parse_list(tasks), out)
         _print_md(out, "tasks")
 
 
@@ -554,7 +561,7 @@ def study_correlation_cmd(
         _quiet_libraries()
         from .studies import study_correlation
 
-        study_correlation(cfg, _csv(scorers), out)
+        study_correlation(cfg, parse_list(scorers), out)
         _print_md(out, "correlation")
 
 

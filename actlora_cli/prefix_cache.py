@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling import Architecture
+from . import ui
+from .errors import ConfigError, Problem
+from .modeling import Architecture, torch_dtype
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -216,3 +218,51 @@ class PrefixCache:
         if self.path is not None:
             del self._memmap
             self.path.unlink(missing_ok=True)
+
+
+def frozen_prefix(
+    model: nn.Module,
+    arch: Architecture,
+    layers: list[int],
+    train_cfg,
+    lengths: list[int],
+    amp_dtype: torch.dtype | None,
+    path: Path,
+    device: torch.device,
+    method: str,
+) -> tuple[PrefixCache | None, dict[str, Any]]:
+    """The policy for the frozen prefix below the plan's lowest layer: its dropout (kept, unless the cache is on
+    or train.frozen_dropout is off) and, with train.prefix_cache, the cache. Returns the cache (or None) and the
+    record the summary keeps. A prefix with a trained parameter in it cannot be cached: refused up front."""
+    lowest = min(layers)
+    keep_dropout = train_cfg.frozen_dropout and train_cfg.prefix_cache == "off"
+    record: dict[str, Any] = {
+        "lowest_trained_layer": lowest,
+        "dropout": keep_dropout,
+        # replay must equal recomputation, so a cached prefix runs without dropout (and the run says how many
+        # dropout rates that zeroed)
+        "dropout_rates_zeroed": 0 if keep_dropout else disable_prefix_dropout(model, arch, lowest),
+    }
+    if train_cfg.prefix_cache == "off":
+        return None, record
+    trained = trained_in_prefix(model, arch, lowest)
+    if trained:
+        raise ConfigError(
+            [
+                Problem(
+                    "train.prefix_cache",
+                    f"the frozen prefix is not frozen: {trained[0]} is trained ({method} on layers {layers}), so its "
+                    "output changes and cannot be cached",
+                    "use a plan that leaves the embeddings and the lowest layers frozen, or train.prefix_cache=off",
+                )
+            ]
+        )
+    if lowest == 0:
+        ui.note("[yellow]note:[/] the plan includes layer 0, so the prefix cache skips only the embeddings")
+    # auto stores what the prefix computes: the autocast dtype, or fp32 when the run has none
+    name = train_cfg.prefix_cache_dtype
+    dtype = (amp_dtype or torch.float32) if name == "auto" else torch_dtype(name, device)
+    cache = PrefixCache(
+        model, arch, lowest, lengths, dtype, train_cfg.prefix_cache, path, pin=device.type == "cuda"
+    )
+    return cache, record

@@ -9,7 +9,7 @@ from typing import Any
 from . import artifacts, ui
 from .config import Config
 from .data import Encoded, batch_indices, collate, encoded_split, shard, task_spec
-from .distributed import barrier, setup
+from .distributed import setup
 from .modeling import Loaded, load_for
 from .scoring import SCORERS
 from .selection import min_max
@@ -81,10 +81,5 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
             "per_batch_ms": round(1000 * stat.forward_seconds / max(stat.batches, 1), 3),
             "total_s": round(time.perf_counter() - started, 4),
         },
-        "provenance": artifacts.provenance(cfg.hash()),
     }
-    if ctx.is_main:
-        doc = artifacts.write_artifact(cfg.run_dir / "scores.json", "scores", doc)
-        artifacts.write_resolved(cfg)
-    barrier()  # every rank ends together (see run_eval)
-    return doc
+    return artifacts.finish_stage(cfg, "scores", doc, ctx.is_main)

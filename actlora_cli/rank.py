@@ -1,90 +1,112 @@
-"""The rank stage: ``scores.json`` -> layer plan -> ``<run>/selection.json``."""
+"""The rank stage: ``scores.json`` (or an explicit list of layers) -> layer plan -> ``<run>/selection.json``;
+and, for train, where a run's plan comes from."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from . import artifacts
 from .config import Config
 from .errors import ArtifactError, ConfigError, Problem
-from .selection import Plan, select
+from .selection import Plan, every_layer, explicit, select
+
+
+def _scores_path(cfg: Config):
+    return cfg.run_dir / "scores.json"
+
+
+def _selection_path(cfg: Config):
+    return cfg.run_dir / "selection.json"
+
+
+def read_scores(cfg: Config) -> dict[str, Any]:
+    return artifacts.read_artifact(_scores_path(cfg), "scores", model_name=cfg.model.name)
 
 
 def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
-    if cfg.rank.k is None and cfg.rank.tau is None:
+    """The config's rule (rank.k, rank.tau or rank.layers) applied to a scores document."""
+    r = cfg.rank
+    if r.layers is not None:
+        return explicit(r.layers, scores_doc["scores"])
+    if r.k is None and r.tau is None:
         raise ConfigError(
-            [Problem("rank.k / rank.tau", "no selection rule given", "pass --k N, --k all or --tau T")]
-        )
-    return select(scores_doc["scores"], k=cfg.rank.k, tau=cfg.rank.tau)
-
-
-def selection_payload(
-    cfg: Config, scores_doc: dict[str, Any], plan: Plan, scores_hash: str
-) -> dict[str, Any]:
-    return {
-        "layers": plan.layers,
-        "k": plan.k,
-        "tau": plan.tau,
-        "rule": plan.rule,
-        "ranking": plan.ranking,
-        "cumulative_importance": plan.curve,
-        "coverage": plan.curve[plan.k - 1],
-        "scores": scores_doc["scores"],
-        "scorer": scores_doc["scorer"],
-        "site": scores_doc["site"],
-        "model": scores_doc["model"],
-        "task": scores_doc["task"],
-        "scores_hash": scores_hash,
-        "provenance": artifacts.provenance(cfg.hash()),
-    }
-
-
-def resolve_plan(cfg: Config, num_layers: int, rule_from_flags: bool) -> tuple[Plan, str]:
-    """Which layers get LoRA, and where that came from.
-
-    k='all' needs no scores. A --k/--tau given to ``train`` ranks on the fly from scores.json; otherwise the
-    run's selection.json (from ``actlora rank``) is used, or, when there is none, the config's rule applied
-    to scores.json.
-    """
-    if cfg.rank.k == "all":
-        return select([1.0] * num_layers, k="all"), "all layers"
-    selection_path = cfg.run_dir / "selection.json"
-    scores_path = cfg.run_dir / "scores.json"
-    if not rule_from_flags and selection_path.is_file():
-        doc = artifacts.read_artifact(selection_path, "selection", model_name=cfg.model.name)
-        if scores_path.is_file() and doc.get("scores_hash") not in (None, artifacts.file_hash(scores_path)):
-            raise ArtifactError(
+            [
                 Problem(
-                    str(selection_path),
-                    "made from other scores than the run's scores.json (it was probed again)",
-                    "re-run `actlora rank`, or pass --k/--tau to rank on the fly",
+                    "rank.k / rank.tau",
+                    "no selection rule given",
+                    "pass --k N, --k all, --tau T or --layers 3,4,5",
                 )
-            )
-        plan = Plan(
-            doc["layers"], doc["k"], doc["tau"], doc["rule"], doc["ranking"], doc["cumulative_importance"]
+            ]
         )
-        return plan, str(selection_path)
-    if not scores_path.is_file() and cfg.rank.k is None and cfg.rank.tau is None:
+    return select(scores_doc["scores"], k=r.k, tau=r.tau)
+
+
+def resolve_plan(cfg: Config, num_layers: int) -> Plan:
+    """The run's plan when train is given none, and where it came from. A rule that needs no scores wins
+    (rank.layers, k='all'); then the run's selection.json (made by ``actlora rank``); then the config's k or
+    tau applied to the run's scores.json."""
+    if cfg.rank.layers is not None:
+        plan, source = explicit(cfg.rank.layers), "rank.layers"
+    elif cfg.rank.k == "all":
+        plan, source = every_layer(num_layers), "all layers"
+    elif _selection_path(cfg).is_file():
+        plan, source = read_selection(cfg), str(_selection_path(cfg))
+    elif cfg.rank.k is None and cfg.rank.tau is None:
         raise ArtifactError(
             Problem(
-                str(selection_path),
+                str(_selection_path(cfg)),
                 "no layer plan",
-                "run `actlora probe` and `actlora rank`, or pass --k all",
+                "run `actlora probe` and `actlora rank`, or pass --k all or --layers 3,4,5",
             )
         )
-    scores = artifacts.read_artifact(scores_path, "scores", model_name=cfg.model.name)
-    return plan_from_scores(cfg, scores), f"{scores_path} (k={cfg.rank.k}, tau={cfg.rank.tau})"
+    else:
+        return ranked_now(cfg, num_layers)
+    plan.check_fits(num_layers, source)
+    return replace(plan, source=source)
+
+
+def ranked_now(cfg: Config, num_layers: int | None = None) -> Plan:
+    """The config's k or tau applied to the run's scores.json now, whatever selection.json says: what
+    ``train --k 3`` means."""
+    plan = plan_from_scores(cfg, read_scores(cfg))
+    source = f"{_scores_path(cfg)} (k={cfg.rank.k}, tau={cfg.rank.tau})"
+    if num_layers is not None:
+        plan.check_fits(num_layers, source)
+    return replace(plan, source=source)
+
+
+def read_selection(cfg: Config) -> Plan:
+    """The run's selection.json, checked to have been made from the run's current scores.json."""
+    path, scores_path = _selection_path(cfg), _scores_path(cfg)
+    doc = artifacts.read_artifact(path, "selection", model_name=cfg.model.name)
+    made_from = doc.get("scores_hash")
+    if made_from is not None and scores_path.is_file() and made_from != artifacts.file_hash(scores_path):
+        raise ArtifactError(
+            Problem(
+                str(path),
+                "made from other scores than the run's scores.json (it was probed again)",
+                "re-run `actlora rank`, or pass --k/--tau to rank on the fly",
+            )
+        )
+    return Plan.from_doc(doc, str(path))
 
 
 def run_rank(cfg: Config) -> dict[str, Any]:
-    """Read the run's ``scores.json``, choose the layers, write ``selection.json``; returns the document."""
-    path = cfg.run_dir / "scores.json"
-    scores_doc = artifacts.read_artifact(path, "scores", model_name=cfg.model.name)
-    plan = plan_from_scores(cfg, scores_doc)
-    doc = artifacts.write_artifact(
-        cfg.run_dir / "selection.json",
-        "selection",
-        selection_payload(cfg, scores_doc, plan, artifacts.file_hash(path)),
-    )
-    artifacts.write_resolved(cfg)
-    return doc
+    """Choose the layers and write ``selection.json``; returns the document. The rule is the config's: k or
+    tau over the run's ``scores.json``, or explicit ``rank.layers`` (scores optional: with them, the plan's
+    coverage is recorded)."""
+    explicit_only = cfg.rank.layers is not None and not _scores_path(cfg).is_file()
+    scores_doc = None if explicit_only else read_scores(cfg)
+    plan = explicit(cfg.rank.layers) if scores_doc is None else plan_from_scores(cfg, scores_doc)
+    source = scores_doc or {}
+    payload = {
+        **plan.to_doc(),
+        "scores": source.get("scores"),
+        "scorer": source.get("scorer"),
+        "site": source.get("site"),
+        "model": source.get("model", {"name": cfg.model.name}),
+        "task": source.get("task", {"name": cfg.task.name}),
+        "scores_hash": None if scores_doc is None else artifacts.file_hash(_scores_path(cfg)),
+    }
+    return artifacts.finish_stage(cfg, "selection", payload)

@@ -4,9 +4,10 @@ k_tau = min{k : C(k) >= tau}."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from .errors import ConfigError, Problem
+from .errors import ArtifactError, ConfigError, Problem
 
 # C(k) is a ratio of float sums: without slack, tau = 1.0 could miss k = L by one ulp.
 _TAU_SLACK = 1e-12
@@ -48,16 +49,62 @@ def k_for_tau(scores: list[float], tau: float) -> int:
     return next(k for k, c in enumerate(curve, start=1) if c >= tau - _TAU_SLACK)
 
 
+# The plan's fields, in the order selection.json lists them (its other fields are provenance: scores, scorer).
+PLAN_FIELDS = ("layers", "k", "tau", "rule", "ranking", "cumulative_importance", "coverage")
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The chosen layers (ascending), how they were chosen, and the C(k) curve."""
+    """The chosen layers (ascending), how they were chosen, and, when scores were behind it, the ranking and
+    the C(k) curve. ``to_doc``/``from_doc`` are its JSON form, so readers never index nested strings."""
 
     layers: list[int]
     k: int
     tau: float | None
-    rule: str  # top_k | tau | all
-    ranking: list[int]
-    curve: list[float]
+    rule: str  # top_k | tau | all | explicit
+    ranking: list[int] | None  # layers by descending score; None for an explicit plan made without scores
+    cumulative_importance: list[float] | None  # C(k) for k = 1..L, over the same scores
+    coverage: float | None  # the plan's share of the total score (C(k) for a top-k plan)
+    source: str = ""  # where it came from (a file, a flag), for reports; not part of the JSON form
+
+    def to_doc(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in PLAN_FIELDS}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], source: str) -> Plan:
+        """Read a plan back (selection.json); a missing or mistyped field is an ArtifactError naming ``source``."""
+        missing = [name for name in PLAN_FIELDS if name not in doc]
+        layers = doc.get("layers")
+        bad = (
+            [] if isinstance(layers, list) and layers and all(type(i) is int for i in layers) else ["layers"]
+        )
+        if missing or bad:
+            what = (
+                f"missing {', '.join(missing)}"
+                if missing
+                else f"layers must be a list of layer indices ({layers!r})"
+            )
+            raise ArtifactError(Problem(source, f"not a layer plan: {what}", "re-run `actlora rank`"))
+        return cls(**{name: doc[name] for name in PLAN_FIELDS})
+
+    def check_fits(self, num_layers: int, source: str) -> None:
+        """Every planned layer exists in a model of ``num_layers`` layers (``source`` names the plan's origin)."""
+        outside = [i for i in self.layers if not 0 <= i < num_layers]
+        if outside:
+            raise ConfigError(
+                [
+                    Problem(
+                        source,
+                        f"layer(s) {outside} but the model has {num_layers} (0..{num_layers - 1})",
+                        "plan layers the model has",
+                    )
+                ]
+            )
+
+
+def _coverage(scores: list[float], layers: list[int]) -> float:
+    total = sum(scores)
+    return len(layers) / len(scores) if total <= 0 else sum(scores[i] for i in layers) / total
 
 
 def select(scores: list[float], k: int | str | None = None, tau: float | None = None) -> Plan:
@@ -79,4 +126,19 @@ def select(scores: list[float], k: int | str | None = None, tau: float | None = 
                 [Problem("rank.k", f"k={k} but the model has {n} layers", f"choose k in 1..{n} or 'all'")]
             )
         chosen, rule = k, "top_k"
-    return Plan(sorted(order[:chosen]), chosen, tau, rule, order, curve)
+    return Plan(sorted(order[:chosen]), chosen, tau, rule, order, curve, curve[chosen - 1])
+
+
+def every_layer(num_layers: int) -> Plan:
+    """LoRA on every layer (k='all'): no scores behind it, so no ranking."""
+    return Plan(list(range(num_layers)), num_layers, None, "all", None, None, 1.0)
+
+
+def explicit(layers: list[int], scores: list[float] | None = None) -> Plan:
+    """The layers a user named (rank.layers); with scores, the ranking and the share of the score they cover."""
+    layers = sorted(layers)
+    if scores is None:
+        return Plan(layers, len(layers), None, "explicit", None, None, None)
+    plan = Plan(layers, len(layers), None, "explicit", ranking(scores), cumulative_importance(scores), None)
+    plan.check_fits(len(scores), "rank.layers")
+    return replace(plan, coverage=_coverage(scores, layers))

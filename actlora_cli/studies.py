@@ -14,36 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from . import artifacts, ui
 from .analysis import agreement, correlation, plots, report, stability, thresholds
-from .config import Config, problems_from
-from .errors import ConfigError
+from .config import Config
 from .probe import run_probe
 from .selection import select
-
-
-def variant(cfg: Config, **dotted: Any) -> Config:
-    """A copy of ``cfg`` with dotted keys replaced (``variant(cfg, **{"probe.seed": 3})``), validated."""
-    data = cfg.to_dict()
-    for key, value in dotted.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(problems_from(exc)) from None
 
 
 def probe_scores(cfg: Config, out: Path, name: str, seed: int) -> dict[str, Any]:
     """One probe into ``out/scores/<name>``; the head (new, random) is seeded too, which gradient-based
     scorers see: that is part of their seed dependence."""
     torch.manual_seed(seed)
-    return run_probe(variant(cfg, output_dir=str(out / "scores" / name), **{"probe.seed": seed}))
+    return run_probe(cfg.with_overrides({"output_dir": str(out / "scores" / name), "probe.seed": seed}))
 
 
 def study_stability(
@@ -54,7 +37,7 @@ def study_stability(
         by_seed = []
         for seed in seeds:
             ui.note(f"stability: {scorer}, seed {seed}")
-            doc = probe_scores(variant(cfg, **{"probe.scorer": scorer}), out, f"{scorer}_seed{seed}", seed)
+            doc = probe_scores(cfg.with_overrides({"probe.scorer": scorer}), out, f"{scorer}_seed{seed}", seed)
             by_seed.append(doc["scores"])
         result = stability.seed_stability(by_seed, ks)
         results[scorer] = {**result, "scores_by_seed": by_seed}
@@ -72,7 +55,7 @@ def study_tasks(cfg: Config, tasks: list[str], out: Path) -> dict[str, Any]:
     by_task = {}
     for task in tasks:
         ui.note(f"tasks: {task}")
-        doc = probe_scores(variant(cfg, **{"task.name": task}), out, f"task_{task}", cfg.probe.seed)
+        doc = probe_scores(cfg.with_overrides({"task.name": task}), out, f"task_{task}", cfg.probe.seed)
         by_task[task] = doc["scores"]
     result = agreement.task_agreement(by_task)
     plots.plot_heatmap(by_task, out / "tasks_scores.png", f"{cfg.probe.scorer} scores by task")
@@ -90,7 +73,7 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
         ui.note(f"correlation: {scorer}")
         extra = {"probe.adapter": str(cfg.run_dir / "adapter")} if scorer == "weight_delta" else {}
         doc = probe_scores(
-            variant(cfg, **{"probe.scorer": scorer}, **extra), out, f"corr_{scorer}", cfg.probe.seed
+            cfg.with_overrides({"probe.scorer": scorer, **extra}), out, f"corr_{scorer}", cfg.probe.seed
         )
         by_scorer[scorer] = doc["scores"]
     results, sections = {}, []

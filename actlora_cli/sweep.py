@@ -27,13 +27,14 @@ import yaml
 from pydantic import ValidationError
 
 from . import artifacts, ui
+from .checkpoints import last_checkpoint
 from .compare import compare_runs, write_report
-from .config import METHODS, Config, problems_from
+from .config import CLEAR, METHODS, Config, parse_list
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import run_eval
 from .probe import run_probe
 from .rank import run_rank
-from .train import last_checkpoint, run_train
+from .train import run_train
 
 Action = Literal["skip", "eval", "resume", "train"]
 BASELINE = ("lora", "all")  # the paper's baseline: LoRA on every layer
@@ -78,7 +79,7 @@ def _values(text: str | None, flag: str, default: Any, example: str, why: str = 
             what = why or "not given, and the config sets no value for it"
             raise ConfigError([Problem(flag, what, f"e.g. {flag} {example}")])
         return [str(default)]
-    values = [part.strip() for part in text.split(",") if part.strip()]
+    values = parse_list(text)
     if not values:
         raise ConfigError([Problem(flag, f"an empty list ('{text}')", f"e.g. {flag} {example}")])
     return values
@@ -146,20 +147,9 @@ def parse_grid(
 # Points and what each still needs
 
 
-def _derived(base: Config, task: str, output_dir: Path, keys: dict[str, Any] | None = None) -> Config:
-    """The base config with the task, the folder and the ``section.key`` values replaced, validated again."""
-    data = base.to_dict()
-    data["task"]["name"] = task
-    data["output_dir"] = str(output_dir)
-    for dotted, value in (keys or {}).items():
-        section, key = dotted.split(".")
-        data[section][key] = value
-    return Config.model_validate(data)
-
-
 def probe_config(base: Config, task: str, out: Path) -> Config:
     """The task's one probe: the base config (its probe.seed, not a training seed) in ``<out>/<task>/probe``."""
-    return _derived(base, task, Path(out) / task / "probe")
+    return base.with_overrides({"task.name": task, "output_dir": str(Path(out) / task / "probe")})
 
 
 def build_points(base: Config, grid: Grid, out: Path) -> list[Point]:
@@ -173,19 +163,14 @@ def build_points(base: Config, grid: Grid, out: Path) -> list[Point]:
             for k in grid.ks:
                 for seed in grid.seeds:
                     folder = Path(out) / task / f"{method}-k{k}-seed{seed}"
+                    # the grid's k is the whole rule: it replaces the file's tau or layers
+                    values = {"task.name": task, "output_dir": str(folder), "lora.method": method, "rank.k": k,
+                              "rank.tau": CLEAR, "rank.layers": CLEAR, "train.seed": seed}  # fmt: skip
                     try:
-                        # k and tau are exclusive: the grid's k replaces any tau of the file
-                        cfg = _derived(
-                            base,
-                            task,
-                            folder,
-                            {"lora.method": method, "rank.k": k, "rank.tau": None, "train.seed": seed},
-                        )
-                    except ValidationError as exc:
-                        problems += [
-                            Problem(f"{p.where} (point {task}/{folder.name})", p.what, p.fix)
-                            for p in problems_from(exc)
-                        ]
+                        cfg = base.with_overrides(values)
+                    except ConfigError as exc:
+                        point = f"point {task}/{folder.name}"
+                        problems += [Problem(f"{p.where} ({point})", p.what, p.fix) for p in exc.problems]
                         continue
                     points.append(Point(task, method, k, seed, cfg))
     for task in dict.fromkeys(p.task for p in points):
@@ -321,7 +306,7 @@ def _run_point(point: Point, action: Action, scores: Path | None) -> None:
             artifacts.atomic_write_text(point.folder / "scores.json", scores.read_text())
             run_rank(point.cfg)
     if action in ("train", "resume"):
-        run_train(point.cfg, rule_from_flags=False, resume=action == "resume")
+        run_train(point.cfg, resume=action == "resume")
     if action != "skip":
         run_eval(point.cfg)
 

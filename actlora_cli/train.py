@@ -1,51 +1,53 @@
-"""The train stage: LoRA (or another method, see adapters.py) on the layer plan, a plain AdamW loop, cost accounting per step, PEFT-format
-checkpoints and exact resume.
+"""The train stage: LoRA (or another method, see adapters.py) on the layer plan, a plain AdamW loop, cost
+accounting per step, PEFT-format checkpoints and exact resume.
 
-``run_train`` reads top to bottom: plan -> model -> data -> optimizer -> loop -> summary. Under torchrun
-the same function runs on every rank (DDP wraps the model after the plan is applied); rank 0 writes.
+``run_train`` reads top to bottom: set up (model, plan, data, method, optimizer), resume or start, the loop
+(``train_step`` per optimizer step, a log line, epoch-end evaluation and checkpoint), the summary. Under
+torchrun the same function runs on every rank (DDP wraps the model after the plan is applied); rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import artifacts, ui
 from .adapters import Adapted, adapted_layers, apply_method, count_parameters
+from .checkpoints import last_checkpoint, save_checkpoint, seed_everything, set_rng_state
 from .config import Config
-from .data import batch_indices, collate, encoded_split, eval_splits, shard, task_spec, to_device
+from .data import (
+    Encoded,
+    TaskSpec,
+    batch_indices,
+    collate,
+    encoded_split,
+    eval_splits,
+    shard,
+    task_spec,
+    to_device,
+)
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import evaluate_metrics
-from .modeling import autocast_context, autocast_settings, load_for
-from .prefix_cache import PrefixCache, disable_prefix_dropout, trained_in_prefix
+from .losses import compute_loss
+from .modeling import Architecture, autocast_context, autocast_settings, load_for
+from .prefix_cache import PrefixCache, frozen_prefix
 from .rank import resolve_plan
+from .selection import Plan
+from .timing import PhaseTimer
 
 
 class NonFiniteLoss(ActloraError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pieces of the loop
-
-
-def compute_loss(
-    logits: torch.Tensor, labels: torch.Tensor, regression: bool, reduction: str = "mean"
-) -> torch.Tensor:
-    if regression:
-        return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction=reduction)
-    return F.cross_entropy(logits.float(), labels, reduction=reduction)
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -60,136 +62,115 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-class PhaseTimer:
-    """Step phases timed with CUDA events on GPU (no mid-step sync), a synchronous clock on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.marks: list[Any] = []
-
-    def start(self) -> None:
-        self.marks = []
-        self.mark()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def memory(self, peak: bool = False) -> float | None:
-        if not self.cuda:
-            return None
-        fn = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
-        return round(fn(self.device) / 2**20, 1)
-
-    def durations_ms(self) -> list[float]:
-        if self.cuda:
-            self.marks[-1].synchronize()
-            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
-        return [1000 * (b - a) for a, b in zip(self.marks, self.marks[1:])]
+# ---------------------------------------------------------------------------------------------------------
+# What the loop works with and what it accumulates
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass
+class Run:
+    """Everything the loop needs, built once by ``setup_run``."""
+
+    cfg: Config
+    ctx: Dist
+    spec: TaskSpec
+    arch: Architecture
+    plan: Plan
+    ranks_agreeing: int
+    train_data: Encoded
+    eval_data: dict[str, Encoded]
+    steps_per_epoch: int
+    total_steps: int
+    adapted: Adapted
+    ddp_model: torch.nn.Module  # the model itself in one process, its DDP wrapper under torchrun
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16 on CUDA only
+    amp_dtype: torch.dtype | None
+    autocast: Callable
+    cache: PrefixCache | None
+    prefix: dict[str, Any]  # the frozen prefix's record for the summary
+    trainable: int
+    total: int
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.adapted.model
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.cfg.run_dir / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.cfg.run_dir / "train_log.jsonl"
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint must share with the run resuming it."""
+        t = self.cfg.train
+        return {
+            "plan": self.plan.layers,
+            "method": self.cfg.lora.method,
+            "world": self.ctx.world,
+            "batch_size": t.batch_size,
+            "grad_accum": t.grad_accum,
+            "model": self.cfg.model.name,
+        }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+@dataclass
+class StepResult:
+    loss: float  # the task loss, mean over the global batch
+    regularizer: float | None  # a method's own term (AdaLoRA), logged apart so loss curves compare
+    lr: float  # the rate the step ran with
+    phases_ms: tuple[float, float, float]  # forward, backward, optimizer
+    memory_mib: tuple[float | None, float | None, float | None]  # after forward, backward peak, after step
+    samples: int
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class Totals:
+    """The loop's running totals; saved in every checkpoint, so a resumed run's summary covers the whole run."""
 
+    train_seconds: float = 0.0  # the loop's wall time, evaluations and checkpoints included
+    eval_seconds: float = 0.0  # of which epoch-end evaluation
+    samples: int = 0
+    phase_ms: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # forward, backward, optimizer
+    steps_timed: int = 0
+    peak_mib: float = 0.0  # CUDA: the largest per-step peak (the counter is reset every step)
+    history: list[dict[str, Any]] = field(default_factory=list)  # validation metrics at each epoch end
 
-def save_checkpoint(
-    folder: Path, adapted: Adapted, optimizer, scheduler, scaler, step: int, extra: dict
-) -> None:
-    """Adapter + head in PEFT's format (the whole model for full fine-tuning), and the loop state; written
-    beside and swapped in, so a crash mid-save leaves the previous checkpoint whole."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    adapted.save(tmp / adapted.weights_dir)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rng_state(),
-            "method_state": adapted.extra_state(),
-            **extra,
-        },
-        tmp / "state.pt",
-    )
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def last_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The last complete checkpoint: ``last``, or ``last.old`` when a crash came between the two renames."""
-    for name in ("last", "last.old"):
-        if (ckpt_dir / name / "state.pt").is_file():
-            return ckpt_dir / name
-    return None
+    def add(self, result: StepResult) -> None:
+        self.samples += result.samples
+        self.steps_timed += 1
+        self.phase_ms = [a + b for a, b in zip(self.phase_ms, result.phases_ms, strict=True)]
+        if result.memory_mib[1] is not None:
+            self.peak_mib = max(self.peak_mib, result.memory_mib[1])
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The loop
+# Set up, resume
 
 
-def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) -> dict[str, Any]:
-    """Train lora.method on the plan; write adapter/ (model/ for full fine-tuning), checkpoints/,
-    train_log.jsonl and train_summary.json."""
-    started = time.perf_counter()
-    ctx: Dist = setup()
+def setup_run(cfg: Config, plan: Plan | None) -> Run:
+    """Model, plan, data, step count, method, precision, frozen prefix, DDP, optimizer, scheduler, scaler."""
+    ctx = setup()
     t = cfg.train
     spec = task_spec(cfg.task)
-    seed_everything(t.seed)
-
+    seed_everything(t.seed)  # before the model: a new head and the adapters draw their initial weights
     loaded = load_for(cfg.model, spec.num_labels, ctx.device)
-    plan, plan_source = resolve_plan(cfg, loaded.arch.num_layers, rule_from_flags)
+    if plan is None:
+        plan = resolve_plan(cfg, loaded.arch.num_layers)
+    plan.check_fits(loaded.arch.num_layers, plan.source or "the layer plan")
+    # different plans would train different parameters on different ranks: checked before anything is wrapped
     ranks_agreeing = same_on_all_ranks(plan.layers, "the layer plan")
     train_data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
-    eval_data = {
-        split: encoded_split(loaded.tokenizer, cfg.task, spec, split) for split in eval_splits(cfg.task, spec)
-    }
-    # every rank must get a share of every micro-batch: a final batch smaller than world x grad_accum is dropped,
-    # and the epoch is counted with the same rule (a count that disagreed would never finish the epoch)
-    min_batch = ctx.world * t.grad_accum
-    steps_per_epoch = len(batch_indices(len(train_data), t.batch_size, shuffle=False, min_size=min_batch))
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            [
-                Problem(
-                    "train.batch_size",
-                    f"{len(train_data)} training examples cannot fill one step of {min_batch} "
-                    f"(world size {ctx.world} x grad_accum {t.grad_accum})",
-                    "use more examples or fewer ranks",
-                )
-            ]
-        )
+    eval_data = {s: encoded_split(loaded.tokenizer, cfg.task, spec, s) for s in eval_splits(cfg.task, spec)}
+    steps_per_epoch = count_steps_per_epoch(len(train_data), t.batch_size, ctx.world * t.grad_accum)
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps)
+    # the method's schedule (AdaLoRA's) is a share of the run's steps, so the step count comes first
     adapted = apply_method(loaded.model, loaded.arch, cfg.lora, plan.layers, total_steps)
     model = adapted.model
     assert adapted_layers(model, loaded.arch) == sorted(plan.layers), (
@@ -197,352 +178,350 @@ def run_train(cfg: Config, rule_from_flags: bool = False, resume: bool = False) 
     )
     trainable, total = count_parameters(model)
     amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
-    base_dtype = next(
-        (p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None
-    )
-    if amp_dtype is None and base_dtype in (torch.float16, torch.bfloat16):
-        raise ConfigError(
-            [
-                Problem(
-                    "train.precision",
-                    f"fp32 training on a {str(base_dtype).replace('torch.', '')} model",
-                    "set train.precision=bf16 (or fp16), or model.dtype=float32",
-                )
-            ]
-        )
-    # the frozen prefix: embeddings and the layers below the lowest trained layer (past the backward cut)
-    lowest = min(plan.layers)
-    frozen_dropout = t.frozen_dropout and t.prefix_cache == "off"
-    prefix = {
-        "lowest_trained_layer": lowest,
-        "dropout": frozen_dropout,
-        "dropout_rates_zeroed": 0 if frozen_dropout else disable_prefix_dropout(model, loaded.arch, lowest),
-    }
-    cache = None
-    if t.prefix_cache != "off":
-        trained = trained_in_prefix(model, loaded.arch, lowest)
-        if trained:
-            raise ConfigError(
-                [
-                    Problem(
-                        "train.prefix_cache",
-                        f"the frozen prefix is not frozen: {trained[0]} is trained "
-                        f"({cfg.lora.method} on layers {plan.layers}), so its output changes and cannot be cached",
-                        "use a plan that leaves the embeddings and the lowest layers frozen, or train.prefix_cache=off",
-                    )
-                ]
-            )
-        if lowest == 0 and ctx.is_main:
-            ui.note(
-                "[yellow]note:[/] the plan includes layer 0, so the prefix cache skips only the embeddings"
-            )
-        cache_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            t.prefix_cache_dtype, amp_dtype or torch.float32
-        )
-        cache = PrefixCache(
-            model,
-            loaded.arch,
-            lowest,
-            train_data.lengths,
-            cache_dtype,
-            t.prefix_cache,
-            cfg.run_dir / f"prefix_cache.rank{ctx.rank}.bin",
-            pin=ctx.device.type == "cuda",
-        )
+    check_precision(model, amp_dtype)
+    cache, prefix = frozen_prefix(
+        model, loaded.arch, plan.layers, t, train_data.lengths, amp_dtype,
+        cfg.run_dir / f"prefix_cache.rank{ctx.rank}.bin", ctx.device, cfg.lora.method,
+    )  # fmt: skip
     ddp_model = model
     if ctx.enabled:
-        # the plan is fixed before wrapping; every trainable parameter is used every step
+        # every trainable parameter is used in every step, so DDP need not search for unused ones
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            find_unused_parameters=False,
+            model, device_ids=device_ids, find_unused_parameters=False
         )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if ctx.device.type == "cuda" else {})
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, round(t.warmup_ratio * total_steps))
-    )
+    # fused AdamW: one kernel for every parameter on CUDA (no such kernel on CPU)
+    fused = {"fused": True} if ctx.device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+    warmup = round(t.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup))
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
-    autocast = autocast_context(amp_dtype, ctx.device)
+    return Run(
+        cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch, total_steps,
+        adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype, autocast_context(amp_dtype, ctx.device),
+        cache, prefix, trainable, total,
+    )  # fmt: skip
 
-    run_dir = cfg.run_dir
-    ckpt_dir = run_dir / "checkpoints"
-    log_path = run_dir / "train_log.jsonl"
-    step = 0
-    meta = {
-        "plan": plan.layers,
-        "method": cfg.lora.method,
-        "world": ctx.world,
-        "batch_size": t.batch_size,
-        "grad_accum": t.grad_accum,
-        "model": cfg.model.name,
-    }
-    totals = {
-        "train_seconds": 0.0,
-        "samples": 0,
-        "phase_ms": [0.0, 0.0, 0.0],
-        "steps_timed": 0,
-        "history": [],
-        "peak_mib": 0.0,
-    }
-    if resume:
-        last = last_checkpoint(ckpt_dir)
-        if last is None:
-            raise ArtifactError(
-                Problem(
-                    str(ckpt_dir / "last"), "no checkpoint to resume from", "drop --resume to start afresh"
-                )
-            )
-        state = torch.load(last / "state.pt", map_location="cpu", weights_only=False)
-        differs = {
-            k: (state.get("meta", {}).get(k), v) for k, v in meta.items() if state.get("meta", {}).get(k) != v
-        }
-        if differs:
-            raise ArtifactError(
-                Problem(
-                    str(last),
-                    "the checkpoint was made by a different run: "
-                    + ", ".join(f"{k} {was} -> {now}" for k, (was, now) in differs.items()),
-                    "resume with the settings it was made with, or drop --resume to start afresh",
-                )
-            )
-        adapted.load_weights(last / adapted.weights_dir)
-        adapted.load_extra_state(state.get("method_state", {}))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        totals = state["totals"]
-        if ctx.is_main and log_path.is_file():
-            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            artifacts.atomic_write_text(log_path, "".join(line + "\n" for line in kept))
-        ui.note(f"resumed from {last} at step {step}")
-    elif ctx.is_main:
-        # a fresh run: nothing of an earlier run in this folder may be resumed or mistaken for this one's
-        log_path.unlink(missing_ok=True)
-        for stale in (ckpt_dir, run_dir / "adapter", run_dir / "model"):
-            shutil.rmtree(stale, ignore_errors=True)
-    barrier()
-    if ctx.is_main:
-        artifacts.write_resolved(cfg)
-        ui.note(
-            f"{adapted.describe(cfg.lora)} (from {plan_source}); "
-            f"trainable {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)"
+
+def count_steps_per_epoch(examples: int, batch_size: int, min_batch: int) -> int:
+    """Optimizer steps in one epoch. Every rank must get a share of every micro-batch, so a final batch smaller
+    than world x grad_accum is dropped, and the epoch is counted with the same rule (a count that disagreed
+    would never finish the epoch)."""
+    steps = len(batch_indices(examples, batch_size, shuffle=False, min_size=min_batch))
+    if steps == 0:
+        raise ConfigError([Problem(
+            "train.batch_size",
+            f"{examples} training examples cannot fill one step of {min_batch} (world size x grad_accum)",
+            "use more examples or fewer ranks",
+        )])  # fmt: skip
+    return steps
+
+
+def check_precision(model: torch.nn.Module, amp_dtype: torch.dtype | None) -> None:
+    """fp32 training needs fp32 weights: AdamW updates on a 16-bit base would lose most of each update."""
+    base = next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
+    if amp_dtype is None and base in (torch.float16, torch.bfloat16):
+        raise ConfigError([Problem(
+            "train.precision",
+            f"fp32 training on a {str(base).replace('torch.', '')} model",
+            "set train.precision=bf16 (or fp16), or model.dtype=fp32",
+        )])  # fmt: skip
+
+
+def resume_or_start(run: Run, resume: bool) -> tuple[int, Totals]:
+    """The step to start from and the totals so far: a checkpoint's (weights, optimizer, scheduler, scaler,
+    RNG and the method's state restored) or a fresh start that clears what an earlier run left here."""
+    ckpt_dir, log_path, is_main = run.ckpt_dir, run.log_path, run.ctx.is_main
+    if not resume:
+        if is_main:
+            # nothing of an earlier run in this folder may be resumed or mistaken for this one's
+            log_path.unlink(missing_ok=True)
+            for stale in (ckpt_dir, run.cfg.run_dir / "adapter", run.cfg.run_dir / "model"):
+                shutil.rmtree(stale, ignore_errors=True)
+        barrier()
+        return 0, Totals()
+    last = last_checkpoint(ckpt_dir)
+    if last is None:
+        raise ArtifactError(
+            Problem(str(ckpt_dir / "last"), "no checkpoint to resume from", "drop --resume to start afresh")
         )
+    state = torch.load(last / "state.pt", map_location="cpu", weights_only=False)
+    was = state.get("meta", {})
+    differs = {k: (was.get(k), v) for k, v in run.meta().items() if was.get(k) != v}
+    if differs:
+        raise ArtifactError(Problem(
+            str(last),
+            "the checkpoint was made by a different run: "
+            + ", ".join(f"{k} {before} -> {now}" for k, (before, now) in differs.items()),
+            "resume with the settings it was made with, or drop --resume to start afresh",
+        ))  # fmt: skip
+    run.adapted.load_weights(last / run.adapted.weights_dir)
+    run.adapted.load_extra_state(state.get("method_state", {}))
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state["scaler"] is not None:
+        run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])  # the data order and dropout continue exactly where they stopped
+    step = state["step"]
+    if is_main:
+        keep_log_until(log_path, step)
+    barrier()
+    ui.note(f"resumed from {last} at step {step}")
+    return step, Totals(**state["totals"])
 
-    timer = PhaseTimer(ctx.device)
-    phase_totals = np.array(totals["phase_ms"])
-    samples_done, steps_timed, peak_mib = totals["samples"], totals["steps_timed"], totals["peak_mib"]
-    history: list[dict[str, Any]] = totals["history"]
-    loop_start = time.perf_counter() - totals["train_seconds"]
-    log = log_path.open("a") if ctx.is_main else None
-    ddp_model.train()
-    with ui.progress("train", total_steps) as advance:
+
+def keep_log_until(log_path: Path, step: int) -> None:
+    """Drop the log lines of steps after the checkpoint (they will be run again), and a torn last line left by
+    a kill during a write."""
+    if not log_path.is_file():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # only the last line can be torn: the log is appended and flushed a line at a time
+        if record["step"] <= step:
+            kept.append(line + "\n")
+    artifacts.atomic_write_text(log_path, "".join(kept))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One optimizer step
+
+
+def train_step(run: Run, global_batch: list[int], step: int, timer: PhaseTimer) -> StepResult:
+    """One optimizer step over ``global_batch``: grad_accum micro-batches (forward, backward), the loss synced
+    across ranks and checked, then unscale, clip, step, the method's hook, zero_grad and the scheduler."""
+    t, ctx = run.cfg.train, run.ctx
+    # grad_accum micro-batches of near-equal size, each with at least one example per rank; collated before the
+    # clock starts, so the phases time the model, not the padding loop
+    rows = [shard(global_batch[i :: t.grad_accum], ctx.rank, ctx.world) for i in range(t.grad_accum)]
+    micro_batches = [to_device(collate(run.train_data, r), ctx.device) for r in rows]
+    timer.start()
+    loss_sum, regularizer, mem_forward = forward_backward(run, micro_batches, rows, len(global_batch), timer)
+    mem_peak = timer.memory(peak=True)
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
+    if t.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm)
+    loss, extra = synced_loss(loss_sum, regularizer, ctx.world)
+    if not math.isfinite(loss + (extra or 0.0)):
+        raise NonFiniteLoss(Problem(
+            f"step {step + 1}",
+            f"the loss is {loss}" + ("" if extra is None else f" (+ {extra})"),
+            f"the last good checkpoint is kept in {run.ckpt_dir / 'last'}; lower train.lr or use "
+            "train.precision=fp32/bf16, then `actlora train --resume`",
+        ))  # fmt: skip
+    lr = run.optimizer.param_groups[0]["lr"]
+    optimizer_step(run, step)
+    timer.mark()
+    memory = (mem_forward, mem_peak, timer.memory())
+    return StepResult(loss, extra, lr, timer.phases_ms(), memory, len(global_batch))
+
+
+def forward_backward(
+    run: Run, micro_batches: list[dict], rows: list[list[int]], global_size: int, timer: PhaseTimer
+) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+    """Forward and backward of each micro-batch, gradients accumulating; returns this rank's summed task loss
+    (on the device: no host sync here), the method's term, and the memory after the first forward."""
+    ctx, last = run.ctx, len(micro_batches) - 1
+    loss_sum = torch.zeros((), device=ctx.device)
+    regularizer, mem_forward = None, None
+    for i, (batch, batch_rows) in enumerate(zip(micro_batches, rows, strict=True)):
+        labels = batch.pop("labels")
+        # DDP all-reduces gradients during backward: only the last micro-batch needs it, the others only add
+        # to .grad locally, so their sync is skipped
+        skip_sync = ctx.enabled and i < last
+        with run.ddp_model.no_sync() if skip_sync else nullcontext():
+            cached = run.cache.around(batch_rows) if run.cache else nullcontext()
+            with run.autocast(), cached:
+                logits = run.ddp_model(**batch).logits
+            # sum over this rank's share, scaled so that DDP's average over ranks is the mean over the global
+            # batch whatever the shares' sizes (a per-rank mean would weight them unequally)
+            loss = compute_loss(logits, labels, run.spec.is_regression, "sum") * (ctx.world / global_size)
+            loss_sum += loss.detach()
+            if i == last:
+                # once per step, with the last micro-batch (DDP averages it over ranks: the same term)
+                regularizer = run.adapted.regularizer()
+                if regularizer is not None:
+                    loss = loss + regularizer
+            timer.mark()
+            if i == 0:
+                mem_forward = timer.memory()
+            (run.scaler.scale(loss) if run.scaler else loss).backward()
+            timer.mark()
+    return loss_sum, regularizer, mem_forward
+
+
+def synced_loss(
+    loss_sum: torch.Tensor, regularizer: torch.Tensor | None, world: int
+) -> tuple[float, float | None]:
+    """The global batch's mean task loss (summed over ranks) and the method's term (the same on each), read
+    to the host in one sync."""
+    if regularizer is None:
+        return float(all_reduce_sum(loss_sum)) / world, None
+    loss, extra = torch.stack([all_reduce_sum(loss_sum) / world, regularizer.detach()]).tolist()
+    return loss, extra
+
+
+def optimizer_step(run: Run, step: int) -> None:
+    """AdamW (through the grad scaler under fp16), the method's after-step hook, zero_grad, the scheduler."""
+    stepped = True
+    if run.scaler is not None:
+        # reading the scale syncs the host: only when a method's step hook needs to know
+        scale = run.scaler.get_scale() if run.adapted.has_step_hook else None
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        stepped = scale is None or run.scaler.get_scale() >= scale  # it drops when inf grads skip the step
+    else:
+        run.optimizer.step()
+    if stepped:  # AdaLoRA's importance must not average in a skipped step's inf gradients
+        run.adapted.after_optimizer_step(step)  # needs the gradients: before zero_grad
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def run_train(cfg: Config, plan: Plan | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train lora.method on ``plan`` (None: the run's own, see ``rank.resolve_plan``); write adapter/ (model/
+    for full fine-tuning), checkpoints/, train_log.jsonl and train_summary.json; returns the summary."""
+    started = time.perf_counter()
+    run = setup_run(cfg, plan)
+    step, totals = resume_or_start(run, resume)
+    if run.ctx.is_main:
+        artifacts.write_resolved(cfg)
+    share = 100 * run.trainable / run.total
+    ui.note(
+        f"{run.adapted.describe(cfg.lora)} (from {run.plan.source}); "
+        f"trainable {run.trainable:,} of {run.total:,} ({share:.3f}%)"
+    )
+    t, per_epoch = cfg.train, run.steps_per_epoch
+    timer = PhaseTimer(run.ctx.device)
+    loop_start = time.perf_counter() - totals.train_seconds  # a resumed run's clock continues
+    log = run.log_path.open("a") if run.ctx.is_main else None
+    run.ddp_model.train()
+    with ui.progress("train", run.total_steps) as advance:
         advance(step)
-        while step < total_steps:
-            epoch = step // steps_per_epoch
+        while step < run.total_steps:
+            epoch = step // per_epoch
+            # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same batches
             batches = batch_indices(
-                len(train_data),
-                t.batch_size,
-                shuffle=True,
-                seed=t.seed + epoch,
-                lengths=train_data.lengths if t.group_by_length else None,
-                min_size=min_batch,
-            )
-            for global_batch in batches[step - epoch * steps_per_epoch :]:
-                # grad_accum micro-batches of near-equal size, each with at least one example per rank;
-                # collated before the clock starts, so the phases time the model, not the padding loop
-                chunks = [global_batch[i :: t.grad_accum] for i in range(t.grad_accum)]
-                rows = [shard(c, ctx.rank, ctx.world) for c in chunks]
-                micro_batches = [to_device(collate(train_data, r), ctx.device) for r in rows]
-                timer.start()
-                loss_sum = torch.zeros((), device=ctx.device)
-                extra = None  # a method's own loss term (AdaLoRA), logged apart from the task loss
-                for i, batch in enumerate(micro_batches):
-                    labels = batch.pop("labels")
-                    # gradient sync only on the last micro-batch of the step
-                    sync = ctx.enabled and i < len(chunks) - 1
-                    with ddp_model.no_sync() if sync else nullcontext():
-                        with autocast(), cache.around(rows[i]) if cache else nullcontext():
-                            logits = ddp_model(**batch).logits
-                        # sum over this rank's share, scaled so that DDP's average over ranks is the mean over
-                        # the global batch whatever the shares' sizes (a per-rank mean would weight them unequally)
-                        loss = compute_loss(logits, labels, spec.is_regression, "sum") * (
-                            ctx.world / len(global_batch)
-                        )
-                        loss_sum += loss.detach()
-                        if i == len(chunks) - 1:
-                            # once per step, with the last micro-batch (DDP averages it over ranks: the same term)
-                            extra = adapted.regularizer()
-                            if extra is not None:
-                                loss = loss + extra
-                        timer.mark()
-                        if i == 0:
-                            mem_fwd = timer.memory()
-                        (scaler.scale(loss) if scaler else loss).backward()
-                        timer.mark()
-                mem_bwd = timer.memory(peak=True)
-                if mem_bwd is not None:
-                    peak_mib = max(
-                        peak_mib, mem_bwd
-                    )  # peak stats are reset each step: keep the run's maximum
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if t.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                # one host sync for both: the task loss summed over ranks, the method's term (the same on each)
-                if extra is None:
-                    loss_value, extra_value = float(all_reduce_sum(loss_sum)) / ctx.world, None
-                else:
-                    loss_value, extra_value = torch.stack(
-                        [all_reduce_sum(loss_sum) / ctx.world, extra.detach()]
-                    ).tolist()
-                if not math.isfinite(loss_value + (extra_value or 0.0)):
-                    raise NonFiniteLoss(
-                        Problem(
-                            f"step {step + 1}",
-                            f"the loss is {loss_value}"
-                            + ("" if extra_value is None else f" (+ {extra_value})"),
-                            f"the last good checkpoint is kept in {ckpt_dir / 'last'}; lower train.lr or use "
-                            "train.precision=fp32/bf16, then `actlora train --resume`",
-                        )
-                    )
-                lr_used = optimizer.param_groups[0]["lr"]
-                stepped = True
-                if scaler is not None:
-                    # reading the scale syncs the host: only when a method's step hook needs to know
-                    scale = scaler.get_scale() if adapted.has_step_hook else None
-                    scaler.step(optimizer)
-                    scaler.update()
-                    stepped = (
-                        scale is None or scaler.get_scale() >= scale
-                    )  # it drops when inf grads skip the step
-                else:
-                    optimizer.step()
-                if stepped:  # AdaLoRA's importance must not average in a skipped step's inf gradients
-                    adapted.after_optimizer_step(step)  # needs the gradients: before zero_grad
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                timer.mark()
+                len(run.train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
+                lengths=run.train_data.lengths if t.group_by_length else None,
+                min_size=run.ctx.world * t.grad_accum,
+            )  # fmt: skip
+            for global_batch in batches[step - epoch * per_epoch :]:
+                result = train_step(run, global_batch, step, timer)
                 step += 1
-                steps_timed += 1
-                durations = timer.durations_ms()
-                fwd_ms = sum(durations[0:-1:2])  # marks: start, fwd, bwd, fwd, bwd, ..., opt
-                bwd_ms = sum(durations[1:-1:2])
-                opt_ms = durations[-1]
-                phase_totals += (fwd_ms, bwd_ms, opt_ms)
-                samples_done += len(global_batch)
-                record = {
-                    "step": step,
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "loss": loss_value,
-                    **({} if extra_value is None else {"regularizer": extra_value}),
-                    "lr": lr_used,
-                    "forward_ms": round(fwd_ms, 3),
-                    "backward_ms": round(bwd_ms, 3),
-                    "optimizer_ms": round(opt_ms, 3),
-                    "samples": len(global_batch),
-                    "mem_after_forward_mib": mem_fwd,
-                    "mem_peak_backward_mib": mem_bwd,
-                    "mem_after_step_mib": timer.memory(),
-                }
+                totals.add(result)
                 if log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                rate = samples_done / (time.perf_counter() - loop_start)
-                advance(1, info=f"loss {loss_value:.4f}  {rate:.1f} samples/s")
-                epoch_done = step % steps_per_epoch == 0 or step == total_steps
+                    log.write(json.dumps(log_record(step, per_epoch, result)) + "\n")
+                    log.flush()  # a line at a time: a kill leaves at most the last line torn
+                rate = totals.samples / (time.perf_counter() - loop_start)
+                advance(1, info=f"loss {result.loss:.4f}  {rate:.1f} samples/s")
+                epoch_done = step % per_epoch == 0 or step == run.total_steps
                 if epoch_done:
-                    metrics = {
-                        split: evaluate_metrics(model, data, spec, t.eval_batch_size, ctx, autocast)
-                        for split, data in eval_data.items()
-                    }
-                    ddp_model.train()
-                    history.append(
-                        {"step": step, "epoch": round(step / steps_per_epoch, 4), "metrics": metrics}
-                    )
+                    evaluate_epoch(run, step, totals)
                 if epoch_done or (t.save_every is not None and step % t.save_every == 0):
-                    if ctx.is_main:
-                        totals = {
-                            "train_seconds": time.perf_counter() - loop_start,
-                            "samples": samples_done,
-                            "phase_ms": phase_totals.tolist(),
-                            "steps_timed": steps_timed,
-                            "history": history,
-                            "peak_mib": peak_mib,
-                        }
-                        save_checkpoint(
-                            ckpt_dir / "last",
-                            adapted,
-                            optimizer,
-                            scheduler,
-                            scaler,
-                            step,
-                            {"meta": meta, "totals": totals},
-                        )
-                    barrier()
-                if epoch_done and ctx.is_main:
-                    shutil.copytree(
-                        ckpt_dir / "last" / adapted.weights_dir, ckpt_dir / f"step-{step}", dirs_exist_ok=True
-                    )
-                    shown = ", ".join(
-                        f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items()
-                    )
-                    ui.note(f"step {step} (epoch {step / steps_per_epoch:.2f}): {shown}")
-                if step >= total_steps:
+                    totals.train_seconds = time.perf_counter() - loop_start
+                    checkpoint(run, step, totals, keep_step_copy=epoch_done)
+                if step >= run.total_steps:
                     break
     if log is not None:
         log.close()
-    train_seconds = time.perf_counter() - loop_start
-    if cache is not None:
-        prefix["cache"] = {"store": t.prefix_cache, **cache.report()}
-        cache.close()
+    totals.train_seconds = time.perf_counter() - loop_start
+    if run.cache is not None:
+        run.prefix["cache"] = {"store": t.prefix_cache, **run.cache.report()}
+        run.cache.close()
+    if run.ctx.is_main:
+        run.adapted.save(cfg.run_dir / run.adapted.weights_dir)
+    barrier()  # the weights are on disk before any rank reports the run done
+    return artifacts.finish_stage(cfg, "train_summary", summary(run, step, totals, started), run.ctx.is_main)
 
-    if ctx.is_main:
-        adapted.save(run_dir / adapted.weights_dir)
+
+def log_record(step: int, steps_per_epoch: int, result: StepResult) -> dict[str, Any]:
+    """One line of train_log.jsonl."""
+    forward, backward, optimizer = result.phases_ms
+    return {
+        "step": step,
+        "epoch": round(step / steps_per_epoch, 4),
+        "loss": result.loss,
+        **({} if result.regularizer is None else {"regularizer": result.regularizer}),
+        "lr": result.lr,
+        "forward_ms": round(forward, 3),
+        "backward_ms": round(backward, 3),
+        "optimizer_ms": round(optimizer, 3),
+        "samples": result.samples,
+        "mem_after_forward_mib": result.memory_mib[0],
+        "mem_peak_backward_mib": result.memory_mib[1],
+        "mem_after_step_mib": result.memory_mib[2],
+    }
+
+
+def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
+    """Validation metrics at an epoch end, into the history (every rank takes part: the metrics are reduced)."""
+    began = time.perf_counter()
+    metrics = {
+        split: evaluate_metrics(
+            run.model, data, run.spec, run.cfg.train.eval_batch_size, run.ctx, run.autocast
+        )
+        for split, data in run.eval_data.items()
+    }
+    run.ddp_model.train()  # evaluation left the model in eval mode
+    totals.eval_seconds += time.perf_counter() - began
+    epoch = round(step / run.steps_per_epoch, 4)
+    totals.history.append({"step": step, "epoch": epoch, "metrics": metrics})
+    shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
+    ui.note(f"step {step} (epoch {step / run.steps_per_epoch:.2f}): {shown}")
+
+
+def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> None:
+    """checkpoints/last (rank 0 writes, every rank waits); at an epoch end also a copy of the weights as
+    checkpoints/step-N."""
+    if run.ctx.is_main:
+        extra = {"meta": run.meta(), "totals": asdict(totals)}
+        last = run.ckpt_dir / "last"
+        save_checkpoint(last, run.adapted, run.optimizer, run.scheduler, run.scaler, step, extra)
+        if keep_step_copy:
+            weights = run.adapted.weights_dir
+            shutil.copytree(last / weights, run.ckpt_dir / f"step-{step}", dirs_exist_ok=True)
     barrier()
-    steps_run = max(1, steps_timed)
-    summary = {
-        "model": loaded.arch.identity(cfg.model.name),
-        "task": {"name": spec.name, "train_examples": len(train_data)},
-        "plan": {
-            "layers": plan.layers,
-            "k": plan.k,
-            "tau": plan.tau,
-            "rule": plan.rule,
-            "source": plan_source,
-            "ranks_agreeing": ranks_agreeing,
-        },
+
+
+def summary(run: Run, step: int, totals: Totals, started: float) -> dict[str, Any]:
+    """train_summary.json's payload: the plan, the method, parameters, metrics and the cost account."""
+    cfg, ctx, plan = run.cfg, run.ctx, run.plan
+    steps_run, seconds = max(1, totals.steps_timed), totals.train_seconds
+    phases = ("forward", "backward", "optimizer")
+    return {
+        "model": run.arch.identity(cfg.model.name),
+        "task": {"name": run.spec.name, "train_examples": len(run.train_data)},
+        "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule, "source": plan.source,
+                 "ranks_agreeing": run.ranks_agreeing},
         "method": cfg.lora.method,
-        "method_settings": adapted.settings,
+        "method_settings": run.adapted.settings,
         "lora": cfg.lora.model_dump(),
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "trainable_share": trainable / total,
+        "trainable_parameters": run.trainable,
+        "total_parameters": run.total,
+        "trainable_share": run.trainable / run.total,
         "steps": step,
-        "epochs": round(step / steps_per_epoch, 4),
-        "final_metrics": history[-1]["metrics"] if history else {},
-        "history": history,
-        "frozen_prefix": prefix,
-        "mean_step_ms": {
-            name: round(v / steps_run, 3)
-            for name, v in zip(("forward", "backward", "optimizer"), phase_totals)
-        },
-        "train_seconds": round(train_seconds, 3),
-        "samples_per_second": round(samples_done / train_seconds, 3) if train_seconds else None,
+        "epochs": round(step / run.steps_per_epoch, 4),
+        "final_metrics": totals.history[-1]["metrics"] if totals.history else {},
+        "history": totals.history,
+        "frozen_prefix": run.prefix,
+        "mean_step_ms": {name: round(v / steps_run, 3) for name, v in zip(phases, totals.phase_ms, strict=True)},
+        "train_seconds": round(seconds, 3),
+        "eval_seconds": round(totals.eval_seconds, 3),
+        "samples_per_second": round(totals.samples / seconds, 3) if seconds else None,
         "device": str(ctx.device),
         "world_size": ctx.world,
-        "device_hours": round(train_seconds * ctx.world / 3600, 6),
-        "peak_memory_mib": peak_mib if ctx.device.type == "cuda" else None,
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "device_hours": round(seconds * ctx.world / 3600, 6),
+        "peak_memory_mib": totals.peak_mib if ctx.device.type == "cuda" else None,
+        "precision": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "fp32",
         "wall_seconds": round(time.perf_counter() - started, 3),
-        "provenance": artifacts.provenance(cfg.hash()),
-    }
-    if ctx.is_main:
-        summary = artifacts.write_artifact(run_dir / "train_summary.json", "train_summary", summary)
-    barrier()  # every rank ends together (see run_eval)
-    return summary
+    }  # fmt: skip

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from actlora_cli import artifacts
-from actlora_cli.config import load_config
+from actlora_cli.config import CLEAR, load_config
 from actlora_cli.train import run_train
 
 VARIANTS = {
@@ -43,23 +42,8 @@ def run(variant: str, args, folder: Path) -> dict:
             f"task.max_eval_examples={args.eval_examples}",
             f"train.epochs={args.epochs}",
             f"train.batch_size={args.batch_size}",
-            "rank.k=null",
         ],
-        {"output_dir": str(folder)},
-    )
-    layers = list(range(args.lowest, 6))
-    artifacts.write_artifact(
-        folder / "selection.json",
-        "selection",
-        {
-            "layers": layers,
-            "k": len(layers),
-            "tau": None,
-            "rule": "top_k",
-            "ranking": layers,
-            "cumulative_importance": [1.0] * len(layers),
-            "model": {"name": cfg.model.name},
-        },
+        {"output_dir": str(folder), "rank.k": CLEAR, "rank.layers": list(range(args.lowest, 6))},
     )
     summary = run_train(cfg)
     steps = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]

@@ -81,24 +81,10 @@ def test_switch_is_restored(trained_all):
 
 
 def test_ablation_refuses_a_partial_plan(tmp_path, tiny_models, tiny_task):
-    from actlora_cli import artifacts
-
     cfg = Config.model_validate(
-        tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run", train={"max_steps": 2})
-    )
-    cfg.run_dir.mkdir(parents=True)
-    artifacts.write_artifact(
-        cfg.run_dir / "selection.json",
-        "selection",
-        {
-            "layers": [2, 3],
-            "k": 2,
-            "tau": None,
-            "rule": "top_k",
-            "ranking": [2, 3],
-            "cumulative_importance": [1, 1],
-            "model": {"name": cfg.model.name},
-        },
+        tiny_config(
+            tiny_models["bert"], tiny_task, tmp_path / "run", rank={"layers": [2, 3]}, train={"max_steps": 2}
+        )
     )
     train.run_train(cfg)
     with pytest.raises(ArtifactError, match="--k all"):

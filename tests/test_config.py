@@ -57,7 +57,7 @@ BAD_CONFIGS = [
     ),
     ("wrong-type-int", None, ["probe.steps=many"], "probe.steps", "valid integer"),
     ("wrong-literal", None, ["probe.site=everywhere"], "probe.site", "'post_attn'"),
-    ("k-and-tau", "rank:\n  k: 3\n  tau: 0.5\n", [], "rank", "not both (k=3, tau=0.5)"),
+    ("k-and-tau", "rank:\n  k: 3\n  tau: 0.5\n", [], "rank", "not several (k=3, tau=0.5)"),
     ("tau-zero", None, ["rank.tau=0"], "rank.tau", "greater than 0"),
     ("tau-above-one", None, ["rank.tau=1.5"], "rank.tau", "less than or equal to 1"),
     ("k-zero", None, ["rank.k=0"], "rank.k", "k must be at least 1 (got 0); use 'all'"),

@@ -65,23 +65,9 @@ def runs(tmp_path_factory, tiny_task):
         if isinstance(nproc, str):
             # layers 2-3 planned, so the frozen prefix is the embeddings and two layers; the cached run stores
             # per rank what each rank sees, whatever the shuffle sends it
-            from actlora_cli import artifacts
-
-            artifacts.write_artifact(
-                root / f"run{nproc}" / "selection.json",
-                "selection",
-                {
-                    "layers": [2, 3],
-                    "k": 2,
-                    "tau": None,
-                    "rule": "top_k",
-                    "ranking": [2, 3],
-                    "cumulative_importance": [1.0, 1.0],
-                    "model": {"name": str(model)},
-                },
-            )
             cache = ["--set", "train.prefix_cache=memory", "--set", "train.prefix_cache_dtype=fp32"]
-            _actlora(int(nproc[0]), "train", "-c", str(path), *(cache if "cached" in nproc else []))
+            plan = ["--layers", "2,3"]
+            _actlora(int(nproc[0]), "train", "-c", str(path), *plan, *(cache if "cached" in nproc else []))
             out[nproc] = root / f"run{nproc}"
             continue
         _actlora(nproc, "probe", "-c", str(path))

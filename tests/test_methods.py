@@ -18,7 +18,7 @@ from actlora_cli.config import METHODS, Config, LoraSection, ModelSection
 from actlora_cli.distributed import Dist
 from actlora_cli.modeling import load_model, locate
 from tests.conftest import NUM_LAYERS, poison_loss, tiny_config
-from tests.test_train import _grad_reach, _write_selection
+from tests.test_train import _grad_reach
 
 H, FF, R, HEAD = 32, 64, 8, 32 * 2 + 2  # tiny BERT: hidden, intermediate, LoRA rank, classifier weights
 
@@ -75,7 +75,7 @@ def test_each_method_trains_evaluates_and_reloads(
     from actlora_cli import evaluation
     from actlora_cli.data import load_examples, task_spec
 
-    rank = {"k": "all"} if layers is None else {"k": None}
+    rank = {"k": "all"} if layers is None else {"layers": layers}
     cfg = Config.model_validate(
         tiny_config(
             tiny_models["bert"],
@@ -86,9 +86,6 @@ def test_each_method_trains_evaluates_and_reloads(
             train={"epochs": 1, "lr": 5e-3},
         )
     )
-    if layers is not None:
-        cfg.run_dir.mkdir(parents=True)
-        _write_selection(cfg, layers)
     planned = layers or list(range(NUM_LAYERS))
     summary, adapted = _train_capturing(cfg, monkeypatch)
     assert summary["method"] == method and summary["plan"]["layers"] == planned

@@ -13,7 +13,6 @@ from actlora_cli import train
 from actlora_cli.config import Config
 from actlora_cli.errors import ConfigError
 from tests.conftest import poison_loss, tiny_config
-from tests.test_train import _write_selection
 
 
 def _run(
@@ -26,12 +25,10 @@ def _run(
             model_dir,
             tiny_task,
             tmp_path / name,
-            rank={"k": None},
+            rank={"layers": list(layers)},
             train={"epochs": 3, "lr": 5e-3, "batch_size": 8, **train_section},
         )
     )
-    cfg.run_dir.mkdir(parents=True)
-    _write_selection(cfg, list(layers))
     summary = train.run_train(cfg)
     losses = [json.loads(line)["loss"] for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
     return summary, losses, load_file(str(cfg.run_dir / "adapter" / "adapter_model.safetensors"))

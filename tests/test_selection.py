@@ -89,7 +89,7 @@ def test_select_top_k_ascending():
     assert plan.ranking == [1, 3, 4, 0, 2]
     plan = select(scores, k=4)
     assert plan.layers == [0, 1, 3, 4]  # ascending, not in ranking order
-    assert plan.curve == cumulative_importance(scores)
+    assert plan.cumulative_importance == cumulative_importance(scores)
 
 
 def test_select_all_and_tau():

@@ -90,29 +90,9 @@ def test_training_loop_keeps_the_backward_cut(tmp_path, tiny_models, tiny_task, 
         return adapted
 
     monkeypatch.setattr(train, "apply_method", apply_and_watch)
-    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": None}, train={"max_steps": 3})
-    cfg.run_dir.mkdir(parents=True)
-    _write_selection(cfg, [2, 3])
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"layers": [2, 3]}, train={"max_steps": 3})
     train.run_train(cfg)
     assert seen["calls"][:2] == [0, 0] and all(c == 3 for c in seen["calls"][2:])
-
-
-def _write_selection(cfg: Config, layers: list[int]) -> None:
-    from actlora_cli import artifacts
-
-    artifacts.write_artifact(
-        cfg.run_dir / "selection.json",
-        "selection",
-        {
-            "layers": layers,
-            "k": len(layers),
-            "tau": None,
-            "rule": "top_k",
-            "ranking": layers,
-            "cumulative_importance": [1.0] * len(layers),
-            "model": {"name": cfg.model.name},
-        },
-    )
 
 
 # --- the loop: logs, resume, NaN ---------------------------------------------------------------------
@@ -185,9 +165,7 @@ def test_peft_loads_adapter_and_reproduces_eval_logits(tmp_path, tiny_models, ti
     from actlora_cli.data import encode, load_examples, task_spec
     from actlora_cli.distributed import Dist
 
-    cfg = _cfg(tmp_path, tiny_models, tiny_task, family, rank={"k": None}, train={"epochs": 1, "lr": 5e-3})
-    cfg.run_dir.mkdir(parents=True)
-    _write_selection(cfg, [1, 3])
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, family, rank={"layers": [1, 3]}, train={"epochs": 1, "lr": 5e-3})
     summary = train.run_train(cfg)
 
     # ours: eval's own loading path
@@ -266,8 +244,7 @@ def test_resume_refuses_a_checkpoint_of_another_plan(tmp_path, tiny_models, tiny
     cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": "all"}, train={"max_steps": 3, "save_every": 2})
     train.run_train(cfg)
     cfg.run_dir.joinpath("selection.json").unlink(missing_ok=True)
-    other = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": None}, train={"max_steps": 3})
-    _write_selection(other, [2, 3])
+    other = _cfg(tmp_path, tiny_models, tiny_task, rank={"layers": [2, 3]}, train={"max_steps": 3})
     with pytest.raises(ArtifactError, match=r"plan \[0, 1, 2, 3\] -> \[2, 3\]"):
         train.run_train(other, resume=True)
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..distributed import all_reduce_sum
 from ..errors import ModelError, Problem
+from ..losses import compute_loss
 from ..modeling import Architecture, target_suffixes
 from .activation import LayerStatistic
 
@@ -118,8 +119,6 @@ def gradient_scorer(
     kind: Kind,
 ) -> LayerStatistic:
     """(1/S) sum_t sum_{W in layer l's targets} stat(W, dL_t/dW), for every layer l (see the module docstring)."""
-    from ..train import compute_loss  # here, not at the top: train imports the probe stage, which imports us
-
     stat = STATISTICS[kind]
     per_layer = target_weights(model, arch, cfg.lora.targets)
     flat = [w for weights in per_layer for w in weights]
