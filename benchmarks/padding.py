@@ -1,27 +1,36 @@
 """The paper's protocol (every example padded to 128 tokens) against dynamic padding (each batch padded to
-its longest example), plain and with length-grouped batches: epoch time of the real training loop (the sum
-of its timed steps), same plan, same examples, the variants interleaved in one run.
+its longest example), plain and with length-grouped batches: one epoch of the real training loop
+(``run_train``), same plan (every layer), same examples, the variants interleaved in one run.
+
+Measured: the epoch's time of training steps, the sum over train_log.jsonl of forward + backward + optimizer
+(model work only: collation, evaluation and the checkpoint are out); the loop's wall time without its
+epoch-end evaluation (the summary's ``train_seconds - eval_seconds``) is in the JSON file too.
 
     python benchmarks/padding.py --examples 640 --reps 3
+    python benchmarks/padding.py --examples 64 --reps 1 --out /tmp/pad   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
+from typing import Any
 
-import torch
-
+import actlora_cli.data
+import actlora_cli.train
 from actlora_cli.config import load_config
-from actlora_cli.train import run_train
+from actlora_cli.distributed import setup
+
+try:  # python -m benchmarks.padding; python benchmarks/padding.py puts benchmarks/ itself on the path
+    from benchmarks import _common as common
+except ImportError:
+    import _common as common
 
 VARIANTS = {"max_length": ("max_length", False), "dynamic": ("dynamic", False), "grouped": ("dynamic", True)}
 
 
-def epoch_seconds(variant: str, args, run: Path) -> tuple[float, float]:
+def epoch(variant: str, args, run: Path) -> dict[str, Any]:
     padding, grouped = VARIANTS[variant]
     cfg = load_config(
         args.config,
@@ -36,9 +45,12 @@ def epoch_seconds(variant: str, args, run: Path) -> tuple[float, float]:
         ],
         {"output_dir": str(run)},
     )
-    summary = run_train(cfg)
-    step_ms = sum(summary["mean_step_ms"].values())
-    return step_ms * summary["steps"] / 1000, summary["final_metrics"]["validation"]["accuracy"]
+    summary, log = common.train(cfg)
+    return {
+        "steps_s": sum(map(common.step_ms, log)) / 1000,
+        "loop_s_without_eval": summary["train_seconds"] - summary["eval_seconds"],
+        "accuracy": summary["final_metrics"]["validation"]["accuracy"],
+    }
 
 
 def main() -> None:
@@ -50,49 +62,37 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--work", default="/tmp/actlora_padding_bench")
-    parser.add_argument("--out", default="benchmarks/results")
+    common.add_output_args(parser)
     args = parser.parse_args()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     for rep in range(args.reps):
-        order = list(VARIANTS) if rep % 2 == 0 else list(reversed(VARIANTS))
-        for variant in order:
-            seconds, _ = epoch_seconds(variant, args, Path(args.work) / f"{variant}{rep}")
-            times[variant].append(seconds)
-            print(f"rep {rep} {variant}: {seconds:.2f} s of training steps")
-    med = {v: statistics.median(t) for v, t in times.items()}
+        for variant in common.interleaved(VARIANTS, rep):
+            r = epoch(variant, args, Path(args.work) / f"{variant}{rep}")
+            runs[variant].append(r)
+            print(f"rep {rep} {variant}: {r['steps_s']:.2f} s of training steps", flush=True)
+    med = {v: statistics.median(r["steps_s"] for r in rs) for v, rs in runs.items()}
     dyn, pad, grp = med["dynamic"], med["max_length"], med["grouped"]
-    try:
-        from benchmarks.step_time import machine_name
-    except ImportError:  # run as `python benchmarks/padding.py`: the folder itself is on the path
-        from step_time import machine_name
-
-    result = {
-        "machine": {"cpu": machine_name(), "threads": torch.get_num_threads()},
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/padding.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "examples": args.examples,
-        "batch_size": args.batch_size,
-        "plan": "all layers",
-        "seconds": times,
+    doc = common.header("padding", setup().device, args.machine, code=(actlora_cli.train, actlora_cli.data))
+    doc |= {
+        "settings": {"config": args.config, "examples": args.examples, "batch_size": args.batch_size,
+                     "reps": args.reps, "plan": "all layers", "epochs": 1},
+        "seconds": {v: [r["steps_s"] for r in rs] for v, rs in runs.items()},
+        "runs": runs,
         "median_s": {v: round(m, 3) for v, m in med.items()},
         "ratio_dynamic_to_max_length": round(dyn / pad, 4),
         "ratio_grouped_to_max_length": round(grp / pad, 4),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"cpu-{torch.get_num_threads()}core"
-    (out / f"padding_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = (
-        f"# Dynamic padding vs padding to 128 ({result['machine']['cpu']}, {result['date']})\n\n"
-        f"`{result['command']}`\n\n| padding | epoch time of training steps (median s) |\n|---|---|\n"
-        f"| max_length (128) | {pad:.2f} |\n| dynamic | {dyn:.2f} |\n| dynamic, length-grouped | {grp:.2f} |\n\n"
+    }  # fmt: skip
+    lines = common.markdown_header("Dynamic padding vs padding to 128", doc) + [
+        "| padding | epoch time of training steps (median s) |",
+        "|---|---|",
+        f"| max_length (128) | {pad:.2f} |",
+        f"| dynamic | {dyn:.2f} |",
+        f"| dynamic, length-grouped | {grp:.2f} |",
+        "",
         f"ratio dynamic / max_length: **{dyn / pad:.3f}**; length-grouped / max_length: **{grp / pad:.3f}** "
-        f"(target <= 0.3)\n"
-    )
-    (out / f"padding_{tag}.md").write_text(text)
-    print(text)
+        "(target <= 0.3)",
+    ]
+    common.write_result(args.out, doc, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -14,31 +14,22 @@ activations. Both are far less exposed to other processes than the difference of
 
     python benchmarks/probe_overhead.py                       # S=20, batch 32, 7 reps, all sites
     python benchmarks/probe_overhead.py --steps 10 --reps 3 --sites post_attn
+    python benchmarks/probe_overhead.py --steps 5 --reps 2 --out /tmp/po     # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
-import json
-import os
-import platform
-import shlex
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 import actlora_cli.probe
 import actlora_cli.scoring.activation
-from actlora_cli.artifacts import file_hash
 from actlora_cli.config import load_config
 from actlora_cli.data import collate, encode, load_examples, task_spec
 from actlora_cli.distributed import setup
@@ -46,12 +37,15 @@ from actlora_cli.modeling import Loaded, load_for
 from actlora_cli.probe import probe_batches
 from actlora_cli.scoring.activation import _Accumulator, activation_norms, probe_hooks
 
+try:  # python -m benchmarks.probe_overhead; python benchmarks/probe_overhead.py puts benchmarks/ on the path
+    from benchmarks import _common as common
+except ImportError:
+    import _common as common
+
 SITES = ("post_attn", "pre_attn", "block_out")
 TARGET = 1.05
 NOISY_SPREAD = 1.20  # slowest / fastest plain run above this: the site's timings were disturbed
 NOISY_OTHERS = 0.10  # share of the machine's CPU time used by other processes (and the hypervisor) above this
-
-ROOT = Path(__file__).resolve().parent.parent
 
 Batches = list[dict[str, torch.Tensor]]
 
@@ -66,93 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="packaged:all-MiniLM-L6-v2", help="model.name")
     p.add_argument("--task", default="movies", help="task.name (default: movies)")
     p.add_argument("--seed", type=int, default=0, help="probe.seed, which picks the batches (default 0)")
-    p.add_argument("--machine", default=None, help="label in the file names (default: e.g. cpu-2core)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output folder")
+    common.add_output_args(p)
     return p.parse_args(argv)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def machine_label(info: dict[str, Any]) -> str:
-    if "gpu" in info:
-        return "-".join(info["gpu"].lower().replace("nvidia", "").split())
-    return f"cpu-{info['cpu_count']}core"
-
-
-def code_identity(*modules) -> dict[str, Any]:
-    """The code measured: commit, package files changed since it, and hashes of the files that matter
-    (``modules``; by default the probe's two)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--", "actlora_cli")
-    return {
-        "commit": (git("rev-parse", "HEAD") or "").strip() or None,
-        "uncommitted": None if status is None else [line[3:] for line in status.splitlines()],
-        "sha256_16": {
-            str(Path(m.__file__).relative_to(ROOT)): file_hash(Path(m.__file__))
-            for m in (modules or (actlora_cli.scoring.activation, actlora_cli.probe))
-        },
-    }
-
-
-def cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of this process) from /proc; None where there is no /proc."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])  # utime + stime
-
-
-def others_share(before: tuple[int, int] | None, seconds: float) -> float | None:
-    """Share of the machine's CPU capacity that other processes (or the hypervisor) took since ``before``."""
-    after = cpu_ticks()
-    if before is None or after is None:
-        return None
-    others = (after[0] - before[0]) - (after[1] - before[1])
-    return max(others, 0) / (os.sysconf("SC_CLK_TCK") * seconds * (os.cpu_count() or 1))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def stamped(batches: Batches, device: torch.device, stamps: list[float]) -> Iterator[dict[str, torch.Tensor]]:
     """Yields ``batches``, noting the time each one is asked for: consecutive stamps bracket one batch."""
     for b in batches:
-        sync(device)
+        common.sync(device)
         stamps.append(time.perf_counter())
         yield b
 
@@ -166,12 +81,12 @@ def plain_forward(loaded: Loaded, batches: Batches) -> tuple[float, list[float]]
     """(seconds, per-batch seconds) of a plain inference forward over ``batches``: the floor for the probe."""
     model, device, stamps = loaded.model, loaded.device, []
     model.eval()
-    sync(device)
+    common.sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
         for b in stamped(batches, device, stamps):
             model(**{k: v.to(device, non_blocking=True) for k, v in b.items() if k != "labels"})
-    sync(device)
+    common.sync(device)
     end = time.perf_counter()
     return end - start, per_batch(stamps, end)
 
@@ -212,12 +127,12 @@ def reduction_seconds(loaded: Loaded, batches: Batches, site: str) -> float:
                 recorder.set_batch(b["attention_mask"])
                 loaded.model(**b)
             acc = _Accumulator(arch.num_layers, device)
-            sync(device)
+            common.sync(device)
             start = time.perf_counter()
             acc.set_batch(b["attention_mask"])
             for index, hidden in recorder.seen:
                 acc.add(index, hidden)
-            sync(device)
+            common.sync(device)
             total += time.perf_counter() - start
     return total
 
@@ -225,7 +140,7 @@ def reduction_seconds(loaded: Loaded, batches: Batches, site: str) -> float:
 def bench_site(loaded: Loaded, batches: Batches, site: str, reps: int, isolate_reps: int) -> dict[str, Any]:
     plain_forward(loaded, batches)  # warm-up: allocator, oneDNN primitives, first hook install
     probe_forward(loaded, batches, site)
-    ticks, started = cpu_ticks(), time.perf_counter()
+    ticks, started = common.cpu_ticks(), time.perf_counter()
     plain: list[float] = []
     probe: list[float] = []
     plain_each: list[list[float]] = []
@@ -245,10 +160,10 @@ def bench_site(loaded: Loaded, batches: Batches, site: str, reps: int, isolate_r
         for run in (run_plain, run_probe) if rep % 2 == 0 else (run_probe, run_plain):  # ABBA
             run()
     # noise only ever adds time: the fastest sample of each batch over the reps is its least disturbed cost
-    plain_floor = sum(map(min, zip(*plain_each)))
-    probe_floor = sum(map(min, zip(*probe_each)))
+    plain_floor = sum(map(min, zip(*plain_each, strict=True)))
+    probe_floor = sum(map(min, zip(*probe_each, strict=True)))
     # within a rep the two runs are adjacent, so their ratio cancels slow drifts of the machine
-    paired = [b / a for a, b in zip(plain, probe)]
+    paired = [b / a for a, b in zip(plain, probe, strict=True)]
     result: dict[str, Any] = {
         "site": site,
         "plain_median_s": statistics.median(plain),
@@ -261,7 +176,7 @@ def bench_site(loaded: Loaded, batches: Batches, site: str, reps: int, isolate_r
         "ratio_of_batch_floors": probe_floor / plain_floor,
         "plain_spread": max(plain) / min(plain),
     }
-    result["others_cpu_share"] = others_share(ticks, time.perf_counter() - started)
+    result["others_cpu_share"] = common.others_share(ticks, time.perf_counter() - started)
     others = result["others_cpu_share"] or 0.0
     result["noisy"] = result["plain_spread"] > NOISY_SPREAD or others > NOISY_OTHERS
     if isolate_reps:
@@ -276,22 +191,15 @@ def bench_site(loaded: Loaded, batches: Batches, site: str, reps: int, isolate_r
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    m, s, c = doc["machine"], doc["settings"], doc["code"]
-    changed = ", ".join(c["uncommitted"] or []) or "none"
-    lines = [
-        f"# Probe overhead on {doc['machine_label']}",
-        "",
+    s = doc["settings"]
+    lines = common.markdown_header("Probe overhead", doc) + [
         (
             f"Probe scoring loop vs plain inference forward, same {s['steps']} batches of {s['batch_size']} "
             f"({doc['tokens_per_run']} non-pad tokens, {doc['padded_tokens_per_run']} padded), "
             f"{s['reps']} interleaved (ABBA) reps after a warm-up. Target: probe / plain <= {TARGET}."
         ),
         "",
-        f"- model `{s['model']}`, task `{s['task']}`, seed {s['seed']}, device `{m['device']}`",
-        f"- CPU: {m['cpu']}, {m['cpu_count']} logical cores, torch threads {m['torch_threads']}",
-        f"- torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}, {m['platform']}",
-        f"- date {doc['date']}; command: `{doc['command']}`",
-        f"- code: commit {c['commit']}, uncommitted package changes: {changed}",
+        f"Model `{s['model']}`, task `{s['task']}`, seed {s['seed']}.",
         "",
     ]
     columns = {
@@ -326,8 +234,8 @@ def markdown(doc: dict[str, Any]) -> str:
         (
             "- plain spread: slowest / fastest plain run; others' CPU: share of the machine's CPU time that "
             "other processes (or the hypervisor's steal) took while the site was timed, from /proc. Above "
-            f"{NOISY_SPREAD} or {NOISY_OTHERS:.0%} (marked noisy) the whole-run ratios are unreliable: rerun on "
-            "a quiet machine or raise --reps."
+            f"{NOISY_SPREAD} or {NOISY_OTHERS:.0%} (marked noisy) the whole-run ratios are unreliable: "
+            "rerun on a quiet machine or raise --reps."
         ),
         "- per-run and per-batch times are in the JSON file.",
         "",
@@ -355,15 +263,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = cfg.probe
     # the very batches the probe stage would see, collated once so collation is not timed
     batches = [collate(data, indices) for indices in probe_batches(data, p.steps, p.batch_size, p.seed)]
-    info = machine_info(loaded.device)
-    label = args.machine or machine_label(info)
-    doc: dict[str, Any] = {
-        "benchmark": "probe_overhead",
-        "machine_label": label,
-        "machine": info,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "code": code_identity(),
+    code = (actlora_cli.scoring.activation, actlora_cli.probe)
+    doc: dict[str, Any] = common.header("probe_overhead", loaded.device, args.machine, code=code)
+    doc |= {
         "settings": {
             "model": cfg.model.name,
             "task": spec.name,
@@ -391,11 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             + ("  [noisy]" if r["noisy"] else ""),
             flush=True,
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"probe_overhead_{label}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(doc))
-    print(f"wrote {stem}.json and {stem}.md")
+    common.write_result(args.out, doc, markdown(doc))
     return doc
 
 

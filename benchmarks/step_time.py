@@ -1,46 +1,44 @@
 """Training step time of LoRA plans, side by side in one run, and the floor of a plan.
 
-For each plan (e.g. every layer, and the top-heavy 3-5 of MiniLM) one training step is the project's own:
-forward in train mode, the loss, backward, AdamW step. The plans are timed interleaved (A B A B ...) over the
-same fixed batches, so machine noise hits them alike; the report gives medians and ratios.
+The step is the product's own: each plan (e.g. every layer, and the top-heavy 3-5 of MiniLM) is trained by
+``run_train``, in short runs of ``--warmup-steps + --batches`` optimizer steps (one epoch of the task's first
+that many batches, so every run sees the same batches in the same order), with everything the config says:
+autocast (``train.precision``), clipping, AdamW, the scheduler. A step's time is forward + backward +
+optimizer from train_log.jsonl (the loop's own phase timer: CUDA events on GPU, a synchronous clock on CPU;
+collation is outside it); the first ``--warmup-steps`` of each run are dropped. The plans' runs are
+interleaved (A B, B A, ...) over ``--reps`` rounds, so machine noise hits them alike; the report gives medians
+and ratios.
 
 The floor of a plan is what a step cannot go below: a forward pass of the frozen model (no grad) plus the
-backward pass over the adapted span alone. The span's backward is measured on a graph whose input at the
-lowest adapted layer is explicitly detached, so it holds only the span, whatever autograd would otherwise do.
+backward pass over the adapted span alone. The span's backward is the runs' own backward phase: nothing below
+the lowest adapted layer requires grad, so autograd's graph holds only the span. The frozen forward is not a
+training step, so it is timed here, once per round beside the runs: the base model in train mode (the same
+dropout work) under the run's autocast, without grad, on the same batches collated as ``run_train`` collates
+them.
 
     python benchmarks/step_time.py --plans all 3-5 --reps 5 --batches 12
+    python benchmarks/step_time.py --batches 2 --warmup-steps 1 --reps 1 --out /tmp/st   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from actlora_cli.adapters import apply_lora, count_parameters
-from actlora_cli.config import load_config
-from actlora_cli.data import batch_indices, collate, encode, load_examples, task_spec
+import actlora_cli.train
+from actlora_cli.data import batch_indices, collate, encoded_split, task_spec, to_device
 from actlora_cli.distributed import setup
-from actlora_cli.modeling import load_for
-from actlora_cli.train import compute_loss
+from actlora_cli.modeling import Loaded, autocast_context, autocast_settings, load_for
 
-
-def machine_name() -> str:
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return model
+try:  # python -m benchmarks.step_time; python benchmarks/step_time.py puts benchmarks/ itself on the path
+    from benchmarks import _common as common
+except ImportError:
+    import _common as common
 
 
 def parse_plan(text: str, num_layers: int) -> list[int]:
@@ -52,67 +50,29 @@ def parse_plan(text: str, num_layers: int) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(model, optimizer, batches, device) -> list[float]:
-    """Milliseconds per full training step (forward, loss, backward, optimizer)."""
-    out = []
-    model.train()
-    for batch in batches:
-        labels = batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        sync(device)
-        start = time.perf_counter()
-        loss = compute_loss(model(**inputs).logits, labels, False)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        out.append(1000 * (time.perf_counter() - start))
-    return out
-
-
 @torch.no_grad()
-def time_frozen_forward(model, batches, device) -> list[float]:
-    out = []
-    model.train()  # same dropout work as a training forward
-    for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        sync(device)
+def time_frozen_forward(loaded: Loaded, cfg, skip: int) -> list[float]:
+    """Milliseconds of a no-grad forward of the frozen model over the batches a run of ``cfg`` trains on
+    (its first epoch's batch plan), the first ``skip`` batches left out as the runs' warm-up steps are."""
+    t, device = cfg.train, loaded.device
+    data = encoded_split(loaded.tokenizer, cfg.task, task_spec(cfg.task), cfg.task.train_split)
+    plan = batch_indices(
+        len(data), t.batch_size, shuffle=True, seed=t.seed,
+        lengths=data.lengths if t.group_by_length else None,
+    )[: t.max_steps]  # fmt: skip
+    autocast = autocast_context(autocast_settings(t.precision, device)[0], device)
+    model, out = loaded.model, []
+    model.train()  # the same dropout work as a training forward
+    for i, indices in enumerate(plan):
+        batch = to_device(collate(data, indices), device)
+        batch.pop("labels")
+        common.sync(device)
         start = time.perf_counter()
-        model(**inputs)
-        sync(device)
-        out.append(1000 * (time.perf_counter() - start))
-    return out
-
-
-def time_span_backward(model, layer_module, batches, device) -> list[float]:
-    """Backward only, on a graph cut explicitly at the lowest adapted layer's input."""
-
-    def cut(_module, args, kwargs):
-        if args:
-            return (args[0].detach(),) + args[1:], kwargs
-        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
-
-    handle = layer_module.register_forward_pre_hook(cut, with_kwargs=True)
-    out = []
-    model.train()
-    try:
-        for batch in batches:
-            labels = batch["labels"]
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            loss = compute_loss(model(**inputs).logits, labels, False)
-            sync(device)
-            start = time.perf_counter()
-            loss.backward()
-            sync(device)
+        with autocast():
+            model(**batch)
+        common.sync(device)
+        if i >= skip:
             out.append(1000 * (time.perf_counter() - start))
-            model.zero_grad(set_to_none=True)
-    finally:
-        handle.remove()
     return out
 
 
@@ -122,106 +82,85 @@ def main() -> None:
     )
     parser.add_argument("--config", default="configs/minilm_movies.yaml")
     parser.add_argument("--plans", nargs="+", default=["all", "3-5"], help="'all', 'lo-hi' or 'a,b,c'")
-    parser.add_argument("--batches", type=int, default=12, help="batches per timing round")
+    parser.add_argument("--batches", type=int, default=12, help="timed steps per run")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed first steps of each run")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--eval-examples", type=int, default=32, help="for each run's epoch-end evaluation")
+    parser.add_argument("--reps", type=int, default=5, help="rounds: one run of each plan per round")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/actlora_step_time_bench"))
+    common.add_output_args(parser)
     args = parser.parse_args()
 
-    cfg = load_config(args.config)
-    spec = task_spec(cfg.task)
-    loaded = load_for(cfg.model, spec.num_labels, setup().device)
-    device, arch = loaded.device, loaded.arch
-    data = encode(loaded.tokenizer, load_examples(cfg.task, spec, "train"), cfg.task.max_length, False)
-    batches = [
-        collate(data, idx)
-        for idx in batch_indices(len(data), args.batch_size, shuffle=True, seed=0)[: args.batches]
-    ]
-    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    def config(layers: list[int], folder: Path):
+        return common.plan_run_config(
+            args.config, args.set, layers, folder, steps=args.warmup_steps + args.batches,
+            batch_size=args.batch_size, eval_examples=args.eval_examples,
+        )  # fmt: skip
 
-    torch.manual_seed(0)
-    variants = {}
-    for text in args.plans:
-        layers = parse_plan(text, arch.num_layers)
-        model = apply_lora(copy.deepcopy(loaded.model), arch, cfg.lora, layers)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr)
-        variants[text] = {
-            "layers": layers,
-            "model": model,
-            "optimizer": optimizer,
-            "trainable": count_parameters(model)[0],
-            "step": [],
-            "span_backward": [],
-        }
-    frozen = loaded.model
+    base = config([0], args.work / "frozen")
+    loaded = load_for(base.model, task_spec(base.task).num_labels, setup().device)
+    variants: dict[str, dict[str, Any]] = {
+        text: {"layers": parse_plan(text, loaded.arch.num_layers), "steps": [], "runs": []}
+        for text in args.plans
+    }
+    frozen: list[float] = []
+    for rep in range(args.reps):
+        frozen += time_frozen_forward(loaded, base, args.warmup_steps)
+        for text in common.interleaved(args.plans, rep):
+            v = variants[text]
+            cfg = config(v["layers"], args.work / f"{text.replace(',', '_')}-{rep}")
+            summary, log = common.train(cfg)
+            timed = log[args.warmup_steps :]
+            v["trainable"], precision = summary["trainable_parameters"], summary["precision"]
+            v["steps"] += timed
+            v["runs"].append(
+                {"rep": rep, "train_seconds": summary["train_seconds"], "timed_steps": len(timed)}
+            )
+            print(
+                f"rep {rep} {text}: {statistics.median(map(common.step_ms, timed)):.1f} ms/step", flush=True
+            )
 
-    # warm-up, then interleaved rounds
-    for v in variants.values():
-        time_steps(v["model"], v["optimizer"], batches[:2], device)
-    frozen_times: list[float] = []
-    for _ in range(args.reps):
-        frozen_times += time_frozen_forward(frozen, batches, device)
-        for v in variants.values():
-            v["step"] += time_steps(v["model"], v["optimizer"], batches, device)
-            lowest = v["model"].get_base_model().get_submodule(arch.layer_path(min(v["layers"])))
-            v["span_backward"] += time_span_backward(v["model"], lowest, batches, device)
-
-    frozen_ms = statistics.median(frozen_times)
+    frozen_ms = statistics.median(frozen)
     baseline = args.plans[0]
-    base_ms = statistics.median(variants[baseline]["step"])
+    base_ms = statistics.median(map(common.step_ms, variants[baseline]["steps"]))
     rows = []
     for text, v in variants.items():
-        step_ms = statistics.median(v["step"])
-        floor_ms = frozen_ms + statistics.median(v["span_backward"])
+        steps = [common.step_ms(s) for s in v["steps"]]
+        step_ms = statistics.median(steps)
+        span_ms = statistics.median(s["backward_ms"] for s in v["steps"])
+        floor_ms = frozen_ms + span_ms
         rows.append(
             {
                 "plan": text,
                 "layers": v["layers"],
                 "trainable_parameters": v["trainable"],
                 "step_ms_median": round(step_ms, 2),
-                "step_ms_min": round(min(v["step"]), 2),
+                "step_ms_min": round(min(steps), 2),
+                "forward_ms_median": round(statistics.median(s["forward_ms"] for s in v["steps"]), 2),
+                "optimizer_ms_median": round(statistics.median(s["optimizer_ms"] for s in v["steps"]), 2),
                 "ratio_to_" + baseline: round(step_ms / base_ms, 4),
                 "frozen_forward_ms": round(frozen_ms, 2),
-                "span_backward_ms": round(statistics.median(v["span_backward"]), 2),
+                "span_backward_ms": round(span_ms, 2),
                 "floor_ms": round(floor_ms, 2),
                 "step_over_floor": round(step_ms / floor_ms, 4),
+                "runs": v["runs"],
             }
         )
-    result = {
-        "machine": {
-            "cpu": machine_name(),
-            "cores": torch.get_num_threads(),
-            "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        },
-        "versions": {"torch": torch.__version__},
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/step_time.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-        ),
-        "model": cfg.model.name,
-        "batch_size": args.batch_size,
-        "batches_per_round": args.batches,
-        "reps": args.reps,
+    doc = common.header("step_time", loaded.device, args.machine, code=(actlora_cli.train,))
+    doc |= {
+        "model": base.model.name,
+        "settings": {"config": args.config, "set": args.set, "batch_size": args.batch_size,
+                     "timed_steps_per_run": args.batches, "warmup_steps": args.warmup_steps,
+                     "reps": args.reps, "precision": precision},
         "rows": rows,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = (
-        "gpu-" + result["machine"]["gpu"].replace(" ", "_")
-        if result["machine"]["gpu"]
-        else f"cpu-{torch.get_num_threads()}core"
-    )
-    (out / f"step_time_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        f"# Step time by plan ({result['machine']['cpu']}, {result['machine']['cores']} threads, {result['date']})",
+    }  # fmt: skip
+    lines = common.markdown_header("Step time by plan", doc) + [
+        f"{args.batches} timed steps of batch {args.batch_size} per run (after {args.warmup_steps} untimed), "
+        f"{args.reps} interleaved runs per plan: `run_train`'s own steps, {precision}.",
         "",
-        f"`{result['command']}`",
-        "",
-        f"| plan | layers | trainable | step ms (median) | ratio to {baseline} | frozen fwd ms | span bwd ms | floor ms | step / floor |",
+        f"| plan | layers | trainable | step ms (median) | ratio to {baseline} | frozen fwd ms | span bwd ms "
+        "| floor ms | step / floor |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -230,9 +169,7 @@ def main() -> None:
             f"| {r['ratio_to_' + baseline]} | {r['frozen_forward_ms']} | {r['span_backward_ms']} "
             f"| {r['floor_ms']} | {r['step_over_floor']} |"
         )
-    text = "\n".join(lines) + "\n"
-    (out / f"step_time_{tag}.md").write_text(text)
-    print(text)
+    common.write_result(args.out, doc, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """actlora train against the usual stack: transformers' ``Trainer`` with peft LoRA, same model, same data,
 same settings, interleaved in one run.
 
-Ours is the product itself: ``run_train`` on a ``load_config``'d config (the given YAML plus overrides that pin
-what must be equal). The usual stack is what a user would write: ``AutoModelForSequenceClassification`` +
+Ours is the product itself: ``run_train`` on a ``load_config``'d config (the given YAML plus overrides that
+pin what must be equal). The usual stack is what a user would write: ``AutoModelForSequenceClassification`` +
 ``get_peft_model(LoraConfig(task_type=SEQ_CLS, ...))``, a ``datasets.Dataset`` tokenised with ``.map``,
 ``DataCollatorWithPadding`` and ``Trainer(TrainingArguments(...))``, every argument at its default unless
 equality needs it (the results file lists those and why). Both read the same examples (the task's first N),
@@ -10,47 +10,42 @@ tokenised identically (checked token for token), and train on all layers with th
 task head trainable.
 
 Throughput = training examples processed / wall seconds of the training loop, model loading and data
-preparation excluded, epoch-end evaluation excluded (timed in both and subtracted: ours' calls of
-``evaluate_metrics``, the Trainer's calls of ``evaluate``); the epoch-end checkpoint both make is included. Ours'
+preparation excluded, epoch-end evaluation excluded (each stack's own account of it, subtracted: ours' summary
+``eval_seconds``, the Trainer's logged ``eval_runtime``), the epoch-end checkpoint both make included. Ours'
 loop is the span ``run_train`` reports as ``train_seconds``; the Trainer's runs from its ``on_train_begin`` to
-its ``on_train_end`` callback. The figure with evaluation included is reported too.
+its ``on_train_end`` callback. The figure with evaluation included is reported too. Nothing is patched: ours
+is ``run_train`` as ``actlora train`` calls it, the Trainer is timed by a callback and its own log.
 
 Rep r uses seed ``--seed + r`` for both stacks, so the accuracy difference is averaged over seeds, not read
 off one draw; the variants alternate order (ABBA), after a small untimed warm-up of each.
 
-    python benchmarks/vs_trainer.py                           # 2000 examples, 2 epochs, 4 reps (~10 min, 2 cores)
+    python benchmarks/vs_trainer.py            # 2000 examples, 2 epochs, 4 reps (~10 min on 2 cores)
     python benchmarks/vs_trainer.py --examples 256 --epochs 1 --reps 1 --out /tmp/vt   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
-import json
-import shlex
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import actlora_cli.train as actlora_train
+import actlora_cli.train
 from actlora_cli.config import Config, load_config
 from actlora_cli.data import encoded_split, load_examples, task_spec
 from actlora_cli.distributed import setup
 from actlora_cli.modeling import locate, resolve_source, target_suffixes
-from actlora_cli.train import run_train
 
-try:  # run as a script (benchmarks/ on sys.path) or as the module benchmarks.vs_trainer
-    from benchmarks.probe_overhead import code_identity, cpu_ticks, machine_info, machine_label, others_share
+try:  # python -m benchmarks.vs_trainer; python benchmarks/vs_trainer.py puts benchmarks/ itself on the path
+    from benchmarks import _common as common
 except ImportError:
-    from probe_overhead import code_identity, cpu_ticks, machine_info, machine_label, others_share
+    import _common as common
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = {"cpu": 1.15, "cuda": 1.3}
 TARGET_ACCURACY_POINTS = 0.5
 NOISY_OTHERS = (
@@ -61,54 +56,57 @@ NOISY_OTHERS = (
 TRAINER_SETTINGS_WHY = {
     "output_dir": "where the Trainer writes its checkpoints (a scratch folder per run)",
     "per_device_train_batch_size": "equality: train.batch_size (one device, no accumulation)",
-    "per_device_eval_batch_size": "equality: train.eval_batch_size (evaluation is excluded from the throughput)",
+    "per_device_eval_batch_size": "equality: train.eval_batch_size (evaluation is excluded from the "
+    "throughput)",
     "num_train_epochs": "equality: train.epochs",
     "learning_rate": "equality: train.lr",
-    "warmup_steps": "equality: train.warmup_ratio (a float below 1 is a ratio of the total steps in transformers 5)",
+    "warmup_steps": "equality: train.warmup_ratio (a float below 1 is a ratio of the total steps in "
+    "transformers 5)",
     "weight_decay": "equality: train.weight_decay (the default 0.0 is also transformers' default)",
     "max_grad_norm": "equality: train.max_grad_norm (the default 1.0 is also transformers' default)",
     "eval_strategy": "equality: actlora train evaluates the validation split at every epoch end ('epoch')",
-    "save_strategy": "equality: actlora train checkpoints adapter, optimizer, scheduler and RNG at every epoch end "
-    "('epoch'; the Trainer's default is every 500 steps)",
+    "save_strategy": "equality: actlora train checkpoints adapter, optimizer, scheduler and RNG at every "
+    "epoch end ('epoch'; the Trainer's default is every 500 steps)",
     "seed": "equality: train.seed (the Trainer reseeds with it at construction)",
     "bf16 / fp16": "equality: set only when --precision is bf16 / fp16 (autocast, as train.precision does)",
 }
 TRAINER_DEFAULTS_KEPT = (
-    "optim (adamw_torch_fused on torch >= 2.8, also on CPU), lr_scheduler_type linear, dataloader_num_workers 0, "
-    "dataloader_pin_memory True, dataloader_drop_last False, group_by_length False, logging_steps 500, "
-    "report_to none, torch_compile False, remove_unused_columns True, progress bar (tqdm) on"
+    "optim (adamw_torch_fused on torch >= 2.8, also on CPU), lr_scheduler_type linear, "
+    "dataloader_num_workers 0, dataloader_pin_memory True, dataloader_drop_last False, group_by_length "
+    "False, logging_steps 500, report_to none, torch_compile False, remove_unused_columns True, progress "
+    "bar (tqdm) on"
 )
 DIFFERENCES = [
     (
-        "Warm-up: actlora's step s < w runs at (s + 1) / (w + 1) of the peak with w = round(ratio x steps); the "
-        "Trainer's at s / w with w = ceil(ratio x steps), so its first step has lr 0. Both decay linearly to 0 "
-        "after w (the warm-up step counts of each run are in the results)."
+        "Warm-up: actlora's step s < w runs at (s + 1) / (w + 1) of the peak with w = round(ratio x "
+        "steps); the Trainer's at s / w with w = ceil(ratio x steps), so its first step has lr 0. Both "
+        "decay linearly to 0 after w (the warm-up step counts of each run are in the results)."
     ),
     (
-        "Optimizer: the Trainer's default AdamW is torch's fused kernel (on CPU too); actlora uses fused AdamW on "
-        "CUDA and torch's default (foreach) on CPU. Same betas, eps and weight decay."
+        "Optimizer: the Trainer's default AdamW is torch's fused kernel (on CPU too); actlora uses fused "
+        "AdamW on CUDA and torch's default (foreach) on CPU. Same betas, eps and weight decay."
     ),
     (
-        "Weight decay: the Trainer exempts biases and LayerNorm weights, actlora decays every trainable parameter; "
-        "this matters only when train.weight_decay > 0 (default 0)."
+        "Weight decay: the Trainer exempts biases and LayerNorm weights, actlora decays every trainable "
+        "parameter; this matters only when train.weight_decay > 0 (default 0)."
     ),
     (
-        "Data order and dropout draws differ (actlora shuffles with its own seeded batch plan, the Trainer with "
-        "its sampler), so the two never see the same batch sequence: accuracies differ by run-to-run noise even "
-        "with identical settings; the per-seed differences show how much."
+        "Data order and dropout draws differ (actlora shuffles with its own seeded batch plan, the Trainer "
+        "with its sampler), so the two never see the same batch sequence: accuracies differ by run-to-run "
+        "noise even with identical settings; the per-seed differences show how much."
     ),
     (
-        "Logging: actlora writes one JSON line per step (flushed); the Trainer logs every 500 steps. Both show a "
-        "progress bar. Both are in the timed loop, as a user gets them."
+        "Logging: actlora writes one JSON line per step (flushed); the Trainer logs every 500 steps. Both "
+        "show a progress bar. Both are in the timed loop, as a user gets them."
     ),
     (
-        "Checkpoints: both save at each epoch end inside the timed loop (actlora: adapter + optimizer/scheduler/RNG "
-        "state, and a copy of the adapter per epoch; the Trainer: adapter, optimizer, scheduler, RNG, trainer "
-        "state and the tokenizer files)."
+        "Checkpoints: both save at each epoch end inside the timed loop (actlora: adapter + "
+        "optimizer/scheduler/RNG state, and a copy of the adapter per epoch; the Trainer: adapter, "
+        "optimizer, scheduler, RNG, trainer state and the tokenizer files)."
     ),
     (
-        "peft wrapper: the Trainer path uses task_type=SEQ_CLS (PeftModelForSequenceClassification), actlora a "
-        "plain PeftModel; same adapted modules and trainable parameters (checked)."
+        "peft wrapper: the Trainer path uses task_type=SEQ_CLS (PeftModelForSequenceClassification), "
+        "actlora a plain PeftModel; same adapted modules and trainable parameters (checked)."
     ),
 ]
 
@@ -128,9 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--warmup-examples", type=int, default=64, help="examples of the untimed warm-up (0: none)"
     )
-    p.add_argument("--machine", default=None, help="label in the file names (default: e.g. cpu-2core)")
     p.add_argument("--work", type=Path, default=Path("/tmp/actlora_vs_trainer"), help="scratch folder")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="output folder")
+    common.add_output_args(p)
     return p.parse_args(argv)
 
 
@@ -160,56 +157,29 @@ def make_config(
     return load_config(args.config, overrides, {"output_dir": str(run_dir)})
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def tidy() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def timed(fn, seconds: list[float]):
-    """``fn``, appending the seconds of each call to ``seconds`` (the epoch-end evaluations of both stacks)."""
-
-    def wrapper(*a, **k):
-        start = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            seconds.append(time.perf_counter() - start)
-
-    return wrapper
-
-
 def run_ours(cfg: Config) -> dict[str, Any]:
-    """``run_train`` as ``actlora train`` calls it, with a clock around its epoch-end evaluations."""
-    eval_seconds: list[float] = []
-    original = actlora_train.evaluate_metrics
-    timed_evaluate = timed(original, eval_seconds)
-    shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    ticks = cpu_ticks()
+    """``run_train`` as ``actlora train`` calls it; its summary accounts for the epoch-end evaluations."""
+    ticks = common.cpu_ticks()
     start = time.perf_counter()
-    actlora_train.evaluate_metrics = timed_evaluate
-    try:
-        summary = run_train(cfg)
-    finally:
-        actlora_train.evaluate_metrics = original
+    summary, log = common.train(cfg)
     wall = time.perf_counter() - start
-    log = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
     total = summary["steps"]
     return {
         "loop_s": summary["train_seconds"],
-        "eval_s": sum(eval_seconds),
-        "evaluations": len(eval_seconds),
+        "eval_s": summary["eval_seconds"],
+        "evaluations": len(summary["history"]),
         "samples": sum(r["samples"] for r in log),
         "steps": total,
         "warmup_steps": round(cfg.train.warmup_ratio * total),
         "accuracy": summary["final_metrics"]["validation"]["accuracy"],
         "trainable_parameters": summary["trainable_parameters"],
-        "others_cpu_share": others_share(ticks, wall),
+        "others_cpu_share": common.others_share(ticks, wall),
     }
 
 
@@ -236,9 +206,8 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=spec.num_labels, dtype=torch.float32
     )
-    arch = locate(
-        model
-    )  # only to name the same modules actlora adapts (for MiniLM: query, value; classifier)
+    # only to name the same modules actlora adapts (for MiniLM: query, value; classifier)
+    arch = locate(model)
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=cfg.lora.r,
@@ -274,11 +243,11 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         begin = end = 0.0
 
         def on_train_begin(self, *a, **k):
-            sync()
+            common.sync()
             LoopClock.begin = time.perf_counter()
 
         def on_train_end(self, *a, **k):
-            sync()
+            common.sync()
             LoopClock.end = time.perf_counter()
 
     training_args = TrainingArguments(
@@ -306,29 +275,27 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         compute_metrics=accuracy,
         callbacks=[LoopClock()],
     )
-    eval_seconds: list[float] = []
-    trainer.evaluate = timed(trainer.evaluate, eval_seconds)
     shutil.rmtree(work, ignore_errors=True)
-    ticks = cpu_ticks()
+    ticks = common.cpu_ticks()
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
-    evals = [e for e in trainer.state.log_history if "eval_accuracy" in e]
+    # each epoch-end evaluation logs its own runtime (the evaluation loop and the metrics)
+    evals = [e for e in trainer.state.log_history if "eval_runtime" in e]
     total = trainer.state.global_step
     result = {
         "loop_s": LoopClock.end - LoopClock.begin,
-        "eval_s": sum(eval_seconds),
-        "evaluations": len(eval_seconds),
+        "eval_s": sum(e["eval_runtime"] for e in evals),
+        "evaluations": len(evals),
         "samples": round(len(train_ds) * trainer.state.epoch),
         "steps": total,
         "warmup_steps": training_args.get_warmup_steps(total),
         "accuracy": evals[-1]["eval_accuracy"],
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "others_cpu_share": others_share(ticks, wall),
+        "others_cpu_share": common.others_share(ticks, wall),
         "target_modules": sorted(lora.target_modules),
-        "modules_to_save": sorted(
-            set(lora.modules_to_save or [])
-        ),  # SEQ_CLS adds classifier and score itself
+        # SEQ_CLS adds classifier and score itself
+        "modules_to_save": sorted(set(lora.modules_to_save or [])),
         "optimizer": type(
             trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
         ).__name__,
@@ -345,40 +312,16 @@ def finish(r: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
 
-def versions() -> dict[str, str]:
-    import accelerate
-    import datasets
-    import peft
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "datasets": datasets.__version__,
-    }
-
-
 def markdown(doc: dict[str, Any]) -> str:
     s, m = doc["settings"], doc["summary"]
-    lines = [
-        f"# actlora train vs transformers Trainer + peft ({doc['machine_label']}, {doc['date'][:10]})",
-        "",
-        f"`{doc['command']}`",
-        "",
-        f"{doc['machine']['cpu']}, {doc['machine']['torch_threads']} torch threads, device {doc['machine']['device']}"
-        + (f" ({doc['machine']['gpu']})" if "gpu" in doc["machine"] else "")
-        + "; "
-        + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
-        + ".",
-        "",
+    lines = common.markdown_header("actlora train vs transformers Trainer + peft", doc) + [
         (
-            f"{s['model']} on `{s['task']}`: {s['train_examples']} training and {s['eval_examples']} validation "
-            f"examples (max_length {s['max_length']}, dynamic padding), LoRA r={s['lora_r']} alpha={s['lora_alpha']} "
-            f"dropout={s['lora_dropout']} on {', '.join(s['lora_targets'])} of all layers + trainable head, batch "
-            f"{s['batch_size']}, {s['epochs']} epoch(s), lr {s['lr']}, warm-up ratio {s['warmup_ratio']} then linear "
-            f"decay, weight decay {s['weight_decay']}, clip {s['max_grad_norm']}, {s['precision']}."
+            f"{s['model']} on `{s['task']}`: {s['train_examples']} training and {s['eval_examples']} "
+            f"validation examples (max_length {s['max_length']}, dynamic padding), LoRA r={s['lora_r']} "
+            f"alpha={s['lora_alpha']} dropout={s['lora_dropout']} on {', '.join(s['lora_targets'])} of all "
+            f"layers + trainable head, batch {s['batch_size']}, {s['epochs']} epoch(s), lr {s['lr']}, "
+            f"warm-up ratio {s['warmup_ratio']} then linear decay, weight decay {s['weight_decay']}, clip "
+            f"{s['max_grad_norm']}, {s['precision']}."
         ),
         "",
         f"Throughput: {doc['definition']['samples_per_s']}",
@@ -401,13 +344,15 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         (
             f"Median samples/s: ours **{m['ours_samples_per_s_median']:.2f}**, Trainer "
-            f"**{m['trainer_samples_per_s_median']:.2f}**; ratio of medians **{m['ratio_of_medians']:.3f}** (median "
-            f"of per-pair ratios {m['median_pair_ratio']:.3f}; target >= {m['target_ratio']}: "
-            f"{'met' if m['ratio_target_met'] else 'not met'})."
+            f"**{m['trainer_samples_per_s_median']:.2f}**; ratio of medians "
+            f"**{m['ratio_of_medians']:.3f}** (median of per-pair ratios {m['median_pair_ratio']:.3f}; "
+            f"target >= {m['target_ratio']}: {'met' if m['ratio_target_met'] else 'not met'})."
         ),
         (
-            f"With epoch-end evaluation in the wall time: ours {m['ours_samples_per_s_with_eval_median']:.2f}, Trainer "
-            f"{m['trainer_samples_per_s_with_eval_median']:.2f}, ratio {m['ratio_of_medians_with_eval']:.3f}."
+            "With epoch-end evaluation in the wall time: ours "
+            f"{m['ours_samples_per_s_with_eval_median']:.2f}, Trainer "
+            f"{m['trainer_samples_per_s_with_eval_median']:.2f}, ratio "
+            f"{m['ratio_of_medians_with_eval']:.3f}."
         ),
         (
             f"Final validation accuracy (mean over seeds): ours {m['ours_accuracy_mean']:.4f}, Trainer "
@@ -430,8 +375,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Defaults kept: {doc['trainer']['defaults_kept']}.",
         "",
         (
-            f"Optimizer it built: {doc['trainer']['optimizer']}; LoRA targets {doc['trainer']['target_modules']}, "
-            f"modules_to_save {doc['trainer']['modules_to_save']}."
+            f"Optimizer it built: {doc['trainer']['optimizer']}; LoRA targets "
+            f"{doc['trainer']['target_modules']}, modules_to_save {doc['trainer']['modules_to_save']}."
         ),
         "",
         "## Where the stacks differ (possible biases)",
@@ -444,8 +389,6 @@ def markdown(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = setup().device
-    info = machine_info(device)
-    label = args.machine or machine_label(info)
     work = args.work
     base = make_config(args, work / "probe", args.seed, args.examples, args.eval_examples, args.epochs)
     spec = task_spec(base.task)
@@ -518,14 +461,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "noisy_reps": [r["rep"] for r in reps if r["noisy"]],
     }
     t = base.train
-    doc: dict[str, Any] = {
-        "benchmark": "vs_trainer",
-        "machine_label": label,
-        "machine": info,
-        "versions": versions(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "code": code_identity(actlora_train),
+    doc = common.header(
+        "vs_trainer",
+        device,
+        args.machine,
+        code=(actlora_cli.train,),
+        extra_versions=("accelerate", "datasets"),
+    )
+    doc |= {
         "settings": {
             "config": args.config,
             "model": base.model.name,
@@ -554,12 +497,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "definition": {
             "samples_per_s": "training examples processed / wall seconds of the training loop, model loading "
-            "and data preparation excluded, epoch-end evaluation excluded (timed and subtracted), epoch-end "
-            "checkpointing included. Loop: actlora's reported train_seconds; the Trainer's on_train_begin to "
-            "on_train_end.",
+            "and data preparation excluded, epoch-end evaluation excluded (each stack's own account, "
+            "subtracted: actlora's summary eval_seconds, the Trainer's logged eval_runtime), epoch-end "
+            "checkpointing included. Loop: actlora's reported train_seconds; the Trainer's on_train_begin "
+            "to on_train_end.",
             "samples_per_s_with_eval": "the same with epoch-end evaluation left in",
             "accuracy": "validation accuracy after the last epoch, each stack's own epoch-end evaluation",
-            "others_cpu_share": "share of the machine's CPU capacity other processes took during the run (/proc)",
+            "others_cpu_share": "share of the machine's CPU capacity other processes took during the run "
+            "(/proc)",
         },
         "trainer": {
             "settings_set": TRAINER_SETTINGS_WHY,
@@ -572,13 +517,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reps": reps,
         "summary": summary,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"vs_trainer_{label}"
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
-    text = markdown(doc)
-    stem.with_suffix(".md").write_text(text)
-    print(text)
-    print(f"wrote {stem}.json and {stem}.md")
+    common.write_result(args.out, doc, markdown(doc))
     return doc
 
 
