@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from . import artifacts, ui
+from . import artifacts, runfolder, ui
 from .config import Config
 from .data import encoded_split, eval_splits, task_spec
 from .distributed import setup
@@ -48,6 +48,7 @@ def switched_off(model, paths: list[str], mode: str = "adapter") -> Iterator[Non
             param.data.copy_(value)
 
 
+@runfolder.exclusive
 def run_ablation(cfg: Config, mode: str = "adapter") -> dict[str, Any]:
     """Metric drop per layer and part (each target, and 'both' = all targets) on the first evaluation split;
     writes ablation.json."""

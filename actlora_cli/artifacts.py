@@ -104,6 +104,19 @@ def finish_stage(cfg, kind: str, payload: dict[str, Any], is_main: bool = True) 
     return doc
 
 
+def folder_hash(folder: Path) -> str:
+    """Short sha256 over a folder's files (relative names and bytes, sorted; dotfiles such as the .actlora
+    marker left out): the identity of a set of trained weights, so eval.json can say which ones it measured."""
+    digest = hashlib.sha256()
+    folder = Path(folder)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 

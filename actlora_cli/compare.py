@@ -100,11 +100,28 @@ def _read_config(path: Path) -> dict[str, Any]:
     return _flatten(config)
 
 
+def _check_same_weights(summary: dict[str, Any], evaluation: dict[str, Any], eval_path: Path) -> None:
+    """eval.json must have measured the weights train_summary.json describes: a run trained again keeps no
+    stale eval (train sets the old one aside), but an eval.json copied in or made before this check is caught
+    here. Runs from before weights were hashed (neither file has a hash) are compared as they are."""
+    trained, measured = summary.get("weights_hash"), evaluation.get("weights_hash")
+    if trained is None or trained == measured:
+        return
+    what = (
+        f"measured weights {measured}, but the run's trained weights are {trained} (it was trained again)"
+        if measured
+        else "does not say which weights it measured, and the run was trained after it"
+    )
+    raise ArtifactError(Problem(str(eval_path), what, "re-run `actlora eval` for this run"))
+
+
 def _load(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """One run's values (its row of the report) and its flattened resolved config."""
     summary_path, eval_path = run / "train_summary.json", run / "eval.json"
-    summary = _reader(artifacts.read_artifact(summary_path, "train_summary"), summary_path)
-    evaluation = _reader(artifacts.read_artifact(eval_path, "eval"), eval_path)
+    summary_doc = artifacts.read_artifact(summary_path, "train_summary")
+    eval_doc = artifacts.read_artifact(eval_path, "eval")
+    _check_same_weights(summary_doc, eval_doc, eval_path)
+    summary, evaluation = _reader(summary_doc, summary_path), _reader(eval_doc, eval_path)
     config = _read_config(run / "config.resolved.yaml")
     split, values = next(iter(evaluation("metrics").items()), (None, None))
     if not values or not isinstance(values, dict):

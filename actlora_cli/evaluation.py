@@ -1,4 +1,5 @@
-"""The eval stage: base model + the run's adapter (or the fully fine-tuned model) -> GLUE metric(s), latency and throughput -> eval.json.
+"""The eval stage: base model + the run's adapter (or the fully fine-tuned model) -> GLUE metric(s), latency
+and throughput -> eval.json.
 
 Latency and throughput are measured at the eval batch size with the adapters unmerged (as the paper
 measures: swapping adapters is the point of keeping them separate) and merged into the base weights.
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import artifacts, metrics, ui
+from . import artifacts, metrics, runfolder, ui
 from .config import Config
 from .data import Encoded, TaskSpec, batch_indices, collate, encoded_split, eval_splits, shard, task_spec
 from .distributed import Dist, setup
@@ -149,11 +150,14 @@ def load_trained(cfg: Config, num_labels: int, ctx: Dist):
     return loaded, model
 
 
+@runfolder.exclusive
 def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
     """Metrics on the evaluation split(s), then latency/throughput unmerged and merged; writes eval.json."""
     ctx = setup()
     spec = task_spec(cfg.task)
     loaded, model = load_trained(cfg, spec.num_labels, ctx)
+    # which weights were measured: compare refuses an eval.json whose weights are not the run's current ones
+    weights_hash = artifacts.folder_hash(cfg.run_dir / ("model" if cfg.lora.method == "full" else "adapter"))
     # the precision training ran at (its epoch-end metrics were computed so): bf16 autocast on a bf16 GPU
     autocast = autocast_context(autocast_settings(cfg.train.precision, ctx.device)[0], ctx.device)
     splits = eval_splits(cfg.task, spec)
@@ -206,6 +210,7 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
         "device": str(ctx.device),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "precision": cfg.train.precision,
+        "weights_hash": weights_hash,
         "world_size": ctx.world,
     }
     return artifacts.finish_stage(cfg, "eval", doc, ctx.is_main)

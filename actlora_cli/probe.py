@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import artifacts, ui
+from . import artifacts, runfolder, ui
 from .config import Config
 from .data import Encoded, batch_indices, collate, encoded_split, shard, task_spec
 from .distributed import setup
@@ -30,6 +30,7 @@ def probe_batches(
         epoch += 1
 
 
+@runfolder.exclusive
 def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     """Score every layer with the configured scorer and write ``scores.json``; returns the document.
 

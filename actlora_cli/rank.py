@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from . import artifacts
+from . import artifacts, runfolder
 from .config import Config
 from .errors import ArtifactError, ConfigError, Problem
 from .selection import Plan, every_layer, explicit, select
@@ -92,6 +92,7 @@ def read_selection(cfg: Config) -> Plan:
     return Plan.from_doc(doc, str(path))
 
 
+@runfolder.exclusive
 def run_rank(cfg: Config) -> dict[str, Any]:
     """Choose the layers and write ``selection.json``; returns the document. The rule is the config's: k or
     tau over the run's ``scores.json``, or explicit ``rank.layers`` (scores optional: with them, the plan's

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from . import artifacts, ui
+from . import artifacts, runfolder, ui
 from .checkpoints import last_checkpoint
 from .compare import compare_runs, write_report
 from .config import CLEAR, METHODS, Config, parse_list
@@ -297,16 +296,17 @@ class _Manifest:
 
 def _run_point(point: Point, action: Action, scores: Path | None) -> None:
     if action == "train":
-        # run_train clears an older config's checkpoints too, but only after loading the model: a point stopped
-        # before that must not find them beside this config's resolved file (written by rank) and resume them
-        shutil.rmtree(point.folder / "checkpoints", ignore_errors=True)
+        # an older config's checkpoints go first: a point stopped after rank (which writes this config's resolved
+        # file) and before train set them aside would otherwise look resumable next time
+        runfolder.remove(point.folder / "checkpoints", point.folder)
         if point.k != "all":
             assert scores is not None
             # each point ranks its own copy of the task's probe: its selection.json names the scores it used
             artifacts.atomic_write_text(point.folder / "scores.json", scores.read_text())
             run_rank(point.cfg)
     if action in ("train", "resume"):
-        run_train(point.cfg, resume=action == "resume")
+        # a point trained afresh replaces whatever an older config left in its folder
+        run_train(point.cfg, resume=action == "resume", overwrite=action == "train")
     if action != "skip":
         run_eval(point.cfg)
 

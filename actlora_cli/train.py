@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from . import artifacts, ui
+from . import artifacts, runfolder, ui
 from .adapters import Adapted, adapted_layers, apply_method, count_parameters
-from .checkpoints import last_checkpoint, save_checkpoint, seed_everything, set_rng_state
+from .checkpoints import last_checkpoint, load_state, save_checkpoint, seed_everything, set_rng_state
 from .config import Config
 from .data import (
     Encoded,
@@ -106,7 +106,8 @@ class Run:
         return self.cfg.run_dir / "train_log.jsonl"
 
     def meta(self) -> dict[str, Any]:
-        """What a checkpoint must share with the run resuming it."""
+        """What a checkpoint must share with the run resuming it: the plan, the world size, and every setting
+        that changes what is learned (``training_settings``)."""
         t = self.cfg.train
         return {
             "plan": self.plan.layers,
@@ -115,6 +116,7 @@ class Run:
             "batch_size": t.batch_size,
             "grad_accum": t.grad_accum,
             "model": self.cfg.model.name,
+            "settings": training_settings(self.cfg),
         }
 
 
@@ -229,34 +231,94 @@ def check_precision(model: torch.nn.Module, amp_dtype: torch.dtype | None) -> No
         )])  # fmt: skip
 
 
-def resume_or_start(run: Run, resume: bool) -> tuple[int, Totals]:
-    """The step to start from and the totals so far: a checkpoint's (weights, optimizer, scheduler, scaler,
-    RNG and the method's state restored) or a fresh start that clears what an earlier run left here."""
-    ckpt_dir, log_path, is_main = run.ckpt_dir, run.log_path, run.ctx.is_main
-    if not resume:
-        if is_main:
-            # nothing of an earlier run in this folder may be resumed or mistaken for this one's
-            log_path.unlink(missing_ok=True)
-            for stale in (ckpt_dir, run.cfg.run_dir / "adapter", run.cfg.run_dir / "model"):
-                shutil.rmtree(stale, ignore_errors=True)
-        barrier()
-        return 0, Totals()
+# A run's outputs in its folder: what a fresh run replaces (only with --overwrite) and resume continues.
+OUTPUTS = ("adapter", "model", "checkpoints", "train_log.jsonl", "train_summary.json", "eval.json")
+
+# Settings that do not change what a run learns, so a resume may differ in them: where it is written, the probe
+# (the plan itself is compared), when it stops or saves, and how it is evaluated.
+RESUMABLE_CHANGES = ("output_dir", "probe.", "rank.", "train.max_steps", "train.save_every",
+                     "train.eval_batch_size", "task.max_eval_examples", "task.eval_split")  # fmt: skip
+
+
+def training_settings(cfg: Config) -> dict[str, Any]:
+    """The resolved config as dotted keys, less the settings a resume may change."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and key != "files":
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(cfg.to_dict(), "")
+    return {k: v for k, v in flat.items() if not k.startswith(RESUMABLE_CHANGES)}
+
+
+def check_outputs(cfg: Config, resume: bool, overwrite: bool) -> list[str]:
+    """Before any work: refuse to train over an earlier run unless --overwrite (or --resume) says so, and refuse
+    outputs that are links out of the run folder. Returns the earlier run's outputs that a fresh run replaces."""
+    run_dir = cfg.run_dir
+    present = [n for n in OUTPUTS if (run_dir / n).exists() or (run_dir / n).is_symlink()]
+    for path in [*(run_dir / n for n in present), *run_dir.glob("prefix_cache.rank*.bin")]:
+        runfolder.inside(path, run_dir)  # nothing is written through a link planted in the run folder
+    if resume or not present:
+        return []
+    if not overwrite:
+        finished = "train_summary.json" in present
+        last = last_checkpoint(run_dir / "checkpoints")
+        what = (
+            "a finished run is here (train_summary.json)" if finished
+            else f"an unfinished run is here (its last checkpoint is {last})" if last
+            else f"an earlier run's outputs are here ({', '.join(present)})"
+        )  # fmt: skip
+        fix = "--overwrite replaces it (set aside until the new run finishes)"
+        fix += "; --resume continues it" if last and not finished else "; or give this run another output_dir"
+        raise ConfigError([Problem(str(run_dir), what, fix)])
+    return present
+
+
+def set_aside(cfg: Config, ctx: Dist, outputs: list[str]) -> Path | None:
+    """Move an earlier run's outputs into .replaced/ (rank 0), once the new run is set up (everything that can
+    be refused has been), so a refused run leaves the earlier one where it was."""
+    if not outputs:
+        return None
+    aside = runfolder.set_aside(cfg.run_dir, outputs) if ctx.is_main else None
+    barrier()
+    ui.note(f"the earlier run is set aside in {cfg.run_dir / runfolder.REPLACED} until this one finishes")
+    return aside
+
+
+def resume_from(run: Run) -> tuple[int, Totals]:
+    """The step to continue from and the totals so far, with weights, optimizer, scheduler, scaler, RNG and
+    the method's state restored from the last checkpoint, after checking it was made by this run's settings."""
+    ckpt_dir = run.ckpt_dir
     last = last_checkpoint(ckpt_dir)
     if last is None:
         raise ArtifactError(
             Problem(str(ckpt_dir / "last"), "no checkpoint to resume from", "drop --resume to start afresh")
         )
-    state = torch.load(last / "state.pt", map_location="cpu", weights_only=False)
-    was = state.get("meta", {})
-    differs = {k: (was.get(k), v) for k, v in run.meta().items() if was.get(k) != v}
+    state = load_state(last)
+    was, now = state.get("meta", {}), run.meta()
+    differs = [f"{k} {was.get(k)} -> {v}" for k, v in now.items() if k != "settings" and was.get(k) != v]
+    if "settings" in was:  # checkpoints from before settings were recorded are checked on the rest only
+        old, new = was["settings"], now["settings"]
+        keys = sorted(old.keys() | new.keys())
+        differs += [f"{k} {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
     if differs:
         raise ArtifactError(Problem(
             str(last),
-            "the checkpoint was made by a different run: "
-            + ", ".join(f"{k} {before} -> {now}" for k, (before, now) in differs.items()),
-            "resume with the settings it was made with, or drop --resume to start afresh",
+            "the checkpoint was made by a different run: " + ", ".join(differs),
+            "resume with the settings it was made with, or start afresh with --overwrite",
         ))  # fmt: skip
-    run.adapted.load_weights(last / run.adapted.weights_dir)
+    try:
+        run.adapted.load_weights(last / run.adapted.weights_dir)
+    except Exception as exc:  # noqa: BLE001 (peft and safetensors raise many types for a damaged file)
+        raise ArtifactError(Problem(
+            str(last / run.adapted.weights_dir),
+            f"cannot be loaded ({type(exc).__name__}: {str(exc)[:200]})",
+            "the checkpoint is damaged; start afresh with --overwrite",
+        )) from None  # fmt: skip
     run.adapted.load_extra_state(state.get("method_state", {}))
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -264,8 +326,8 @@ def resume_or_start(run: Run, resume: bool) -> tuple[int, Totals]:
         run.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])  # the data order and dropout continue exactly where they stopped
     step = state["step"]
-    if is_main:
-        keep_log_until(log_path, step)
+    if run.ctx.is_main:
+        keep_log_until(run.log_path, step)
     barrier()
     ui.note(f"resumed from {last} at step {step}")
     return step, Totals(**state["totals"])
@@ -387,12 +449,18 @@ def optimizer_step(run: Run, step: int) -> None:
 # The loop
 
 
-def run_train(cfg: Config, plan: Plan | None = None, resume: bool = False) -> dict[str, Any]:
+@runfolder.exclusive
+def run_train(
+    cfg: Config, plan: Plan | None = None, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Train lora.method on ``plan`` (None: the run's own, see ``rank.resolve_plan``); write adapter/ (model/
-    for full fine-tuning), checkpoints/, train_log.jsonl and train_summary.json; returns the summary."""
+    for full fine-tuning), checkpoints/, train_log.jsonl and train_summary.json; returns the summary.
+    ``resume`` continues the run's last checkpoint; ``overwrite`` replaces an earlier run in the folder."""
     started = time.perf_counter()
+    replaced = check_outputs(cfg, resume, overwrite)
     run = setup_run(cfg, plan)
-    step, totals = resume_or_start(run, resume)
+    aside = set_aside(cfg, run.ctx, replaced)
+    step, totals = resume_from(run) if resume else (0, Totals())
     if run.ctx.is_main:
         artifacts.write_resolved(cfg)
     share = 100 * run.trainable / run.total
@@ -438,10 +506,16 @@ def run_train(cfg: Config, plan: Plan | None = None, resume: bool = False) -> di
     if run.cache is not None:
         run.prefix["cache"] = {"store": t.prefix_cache, **run.cache.report()}
         run.cache.close()
+    weights = cfg.run_dir / run.adapted.weights_dir
     if run.ctx.is_main:
-        run.adapted.save(cfg.run_dir / run.adapted.weights_dir)
+        run.adapted.save(weights)
+        runfolder.mark(weights)
     barrier()  # the weights are on disk before any rank reports the run done
-    return artifacts.finish_stage(cfg, "train_summary", summary(run, step, totals, started), run.ctx.is_main)
+    doc = summary(run, step, totals, started, artifacts.folder_hash(weights))
+    doc = artifacts.finish_stage(cfg, "train_summary", doc, run.ctx.is_main)
+    if aside is not None and run.ctx.is_main:
+        runfolder.remove(aside, cfg.run_dir)  # the replacement has finished: the earlier run may go
+    return doc
 
 
 def log_record(step: int, steps_per_epoch: int, result: StepResult) -> dict[str, Any]:
@@ -493,7 +567,7 @@ def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> Non
     barrier()
 
 
-def summary(run: Run, step: int, totals: Totals, started: float) -> dict[str, Any]:
+def summary(run: Run, step: int, totals: Totals, started: float, weights_hash: str) -> dict[str, Any]:
     """train_summary.json's payload: the plan, the method, parameters, metrics and the cost account."""
     cfg, ctx, plan = run.cfg, run.ctx, run.plan
     steps_run, seconds = max(1, totals.steps_timed), totals.train_seconds
@@ -505,6 +579,7 @@ def summary(run: Run, step: int, totals: Totals, started: float) -> dict[str, An
                  "ranks_agreeing": run.ranks_agreeing},
         "method": cfg.lora.method,
         "method_settings": run.adapted.settings,
+        "weights_hash": weights_hash,  # eval.json records the hash it measured: compare checks they agree
         "lora": cfg.lora.model_dump(),
         "trainable_parameters": run.trainable,
         "total_parameters": run.total,

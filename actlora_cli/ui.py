@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -16,8 +17,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-out = Console()
-err = Console(stderr=True)
+# Piped or redirected (a pipeline, nohup, a Slurm log), rich would hard-wrap at 80 columns, cutting paths and
+# messages that scripts grep for: soft wrap leaves long lines whole there; a terminal still wraps to its width.
+out = Console(soft_wrap=not sys.stdout.isatty())
+err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def quiet() -> bool:

@@ -1,6 +1,6 @@
-"""The frozen-prefix cache: a cached run's losses and adapter equal those of the uncached run with frozen-prefix
-dropout off (fp32 store), in memory and on disk, for an encoder with relative attention and a decoder; later
-epochs really replay; bf16 storage stays close; a trained prefix is refused."""
+"""The frozen-prefix cache: a cached run's losses and adapter equal those of the uncached run with
+frozen-prefix dropout off (fp32 store), in memory and on disk, for an encoder with relative attention and a
+decoder; later epochs really replay; bf16 storage stays close; a trained prefix is refused."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def test_a_trained_prefix_is_refused_before_anything_is_touched(tmp_path, tiny_m
         )
     )
     with pytest.raises(ConfigError, match="embeddings.*is trained"):
-        train.run_train(cfg)
+        train.run_train(cfg, overwrite=True)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "run" / "checkpoints" / "last").is_dir()
 

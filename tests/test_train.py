@@ -165,7 +165,8 @@ def test_peft_loads_adapter_and_reproduces_eval_logits(tmp_path, tiny_models, ti
     from actlora_cli.data import encode, load_examples, task_spec
     from actlora_cli.distributed import Dist
 
-    cfg = _cfg(tmp_path, tiny_models, tiny_task, family, rank={"layers": [1, 3]}, train={"epochs": 1, "lr": 5e-3})
+    sections = {"rank": {"layers": [1, 3]}, "train": {"epochs": 1, "lr": 5e-3}}
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, family, **sections)
     summary = train.run_train(cfg)
 
     # ours: eval's own loading path
@@ -224,8 +225,9 @@ def test_minilm_learns_the_movie_task(tmp_path):
 
 
 def test_dropped_last_batch_still_ends_the_epoch(tmp_path, tiny_models, tiny_task):
-    """95 examples, batch 8, grad_accum 2: the last batch (7 examples) is kept; 89: the last (1 example) cannot
-    fill 2 micro-batches and is dropped, and the epoch is counted the same way (the loop used to spin)."""
+    """95 examples, batch 8, grad_accum 2: the last batch (7 examples) is kept; 89: the last (1 example)
+    cannot fill 2 micro-batches and is dropped, and the epoch is counted the same way (the loop used to
+    spin)."""
     for n, steps in ((95, 12), (89, 11)):
         cfg = _cfg(
             tmp_path / str(n),
@@ -254,7 +256,7 @@ def test_fresh_run_clears_old_checkpoints(tmp_path, tiny_models, tiny_task):
     train.run_train(cfg)
     stale = cfg.run_dir / "checkpoints" / "step-999"
     stale.mkdir()
-    train.run_train(cfg)
+    train.run_train(cfg, overwrite=True)
     assert not stale.exists()
 
 
