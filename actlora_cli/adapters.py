@@ -1,6 +1,6 @@
-"""The fine-tuning method on the layer plan: LoRA and its peft siblings (AdaLoRA, IA3, VeRA, LoKr, LoHa) on the
-selected layers only, or full fine-tuning of the selected layers; the task head is trained too and everything
-else is frozen, so autograd stops below the lowest trained layer.
+"""The fine-tuning method on the layer plan: LoRA and its peft siblings (AdaLoRA, IA3, VeRA, LoKr, LoHa) on
+the selected layers only, or full fine-tuning of the selected layers; the task head is trained too and
+everything else is frozen, so autograd stops below the lowest trained layer.
 
 ``apply_method`` returns an ``Adapted``: the model to train plus the few things the loop must do per method
 (AdaLoRA's orthogonality loss and budget reallocation, how weights are saved and loaded back). The loop
@@ -43,8 +43,8 @@ class Adapted:
     # --- what the loop calls -------------------------------------------------------------------------------
 
     def regularizer(self) -> torch.Tensor | None:
-        """An extra loss term for this step, or None. AdaLoRA: its orthogonality penalty on P and Q (peft adds it
-        only when labels go through the model's forward, which this loop does not do)."""
+        """An extra loss term for this step, or None. AdaLoRA: its orthogonality penalty on P and Q (peft adds
+        it only when labels go through the model's forward, which this loop does not do)."""
         if self.method != "adalora":
             return None
         return self.settings["orth_reg_weight"] * adalora_orthogonality(self._orthogonal_factors)
@@ -64,8 +64,8 @@ class Adapted:
         return self.method == "adalora"
 
     def after_optimizer_step(self, step: int) -> None:
-        """AdaLoRA: update importance and reallocate the rank budget (every step, after optimizer.step and before
-        zero_grad, with the 0-based index of the step just taken, as peft documents)."""
+        """AdaLoRA: update importance and reallocate the rank budget (every step, after optimizer.step and
+        before zero_grad, with the 0-based index of the step just taken, as peft documents)."""
         if self.method == "adalora":
             self.model.base_model.update_and_allocate(step)
 
@@ -99,7 +99,8 @@ class Adapted:
                 )
             return
         if self.method == "adalora":
-            return  # its saved adapter is cut down to the rank pattern; the full-size weights are in extra_state
+            # its saved adapter is cut down to the rank pattern; the full-size weights are in extra_state
+            return
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
@@ -203,8 +204,8 @@ def peft_config(arch: Architecture, lora: LoraSection, layers: list[int], total_
         return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, **placement), settings
     if method == "adalora":
         a = lora.adalora
-        # the schedule, given as shares of the run, in steps: warm-up with the full budget, cubic pruning every
-        # delta_t steps, then the final budget held fixed (peft requires tinit < total_step - tfinal)
+        # the schedule, given as shares of the run, in steps: warm-up with the full budget, cubic pruning
+        # every delta_t steps, then the final budget held fixed (peft requires tinit < total_step - tfinal)
         tinit, tfinal = round(a.tinit * total_steps), round(a.tfinal * total_steps)
         if total_steps >= 2:
             tfinal = max(tfinal, 1)  # the budget is fixed at step total - tfinal: with 0 it never would be
@@ -298,8 +299,8 @@ def _layer_regex(arch: Architecture, layers: list[int], suffixes: list[str]) -> 
 
 
 def _full(model: nn.Module, arch: Architecture, layers: list[int]) -> nn.Module:
-    """Full fine-tuning: every weight when the plan is every layer; otherwise the planned layers' weights and the
-    head, the rest frozen (so the backward cut holds as for the adapters)."""
+    """Full fine-tuning: every weight when the plan is every layer; otherwise the planned layers' weights and
+    the head, the rest frozen (so the backward cut holds as for the adapters)."""
     every = layers == list(range(arch.num_layers))
     prefixes = tuple(f"{arch.layer_path(i)}." for i in layers) + tuple(f"{h}." for h in arch.head_modules)
     for name, param in model.named_parameters():
@@ -308,8 +309,8 @@ def _full(model: nn.Module, arch: Architecture, layers: list[int]) -> nn.Module:
 
 
 def upcast_trainable(model: nn.Module) -> None:
-    """fp32 master weights for what the optimizer updates (adapters and the head), nothing else: the frozen base
-    stays in its dtype (bf16, or 4-bit under QLoRA), and autocast runs the compute in bf16. This is why
+    """fp32 master weights for what the optimizer updates (adapters and the head), nothing else: the frozen
+    base stays in its dtype (bf16, or 4-bit under QLoRA), and autocast runs the compute in bf16. This is why
     peft.prepare_model_for_kbit_training is not used: it upcasts every frozen non-4-bit weight to fp32 and
     makes the inputs require grad, which would cost memory and undo the backward cut."""
     for param in model.parameters():
@@ -333,8 +334,8 @@ def adalora_orthogonality(factors: list[tuple[str, nn.Parameter]]) -> torch.Tens
 
 
 def adapted_layers(model: nn.Module, arch: Architecture) -> list[int]:
-    """Layer indices that hold trained weights: peft tuner modules, or (full fine-tuning) trainable parameters.
-    Read back from the model, for checks and reports."""
+    """Layer indices that hold trained weights: peft tuner modules, or (full fine-tuning) trainable
+    parameters. Read back from the model, for checks and reports."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     marker = f"{arch.layers_pattern}."

@@ -106,7 +106,8 @@ def finish_stage(cfg, kind: str, payload: dict[str, Any], is_main: bool = True) 
 
 def folder_hash(folder: Path) -> str:
     """Short sha256 over a folder's files (relative names and bytes, sorted; dotfiles such as the .actlora
-    marker left out): the identity of a set of trained weights, so eval.json can say which ones it measured."""
+    marker left out): the identity of a set of trained weights, so eval.json can say which ones it
+    measured."""
     digest = hashlib.sha256()
     folder = Path(folder)
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):

@@ -260,7 +260,8 @@ def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
 
 
 def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
-    """Examples of ``split``: hub (GLUE online), GLUE TSVs in task.data_dir, packaged cache, or custom files."""
+    """Examples of ``split``: hub (GLUE online), GLUE TSVs in task.data_dir, packaged cache, or custom
+    files."""
     limit = cfg.max_train_examples if split == cfg.train_split else cfg.max_eval_examples
     if spec.source == "custom":
         assert cfg.files is not None
@@ -348,7 +349,8 @@ def encode(
 
 
 def encoded_split(tokenizer, cfg: TaskSection, spec: TaskSpec, split: str) -> Encoded:
-    """A split of the configured task, read and tokenised with the task's settings (limits, length, padding)."""
+    """A split of the configured task, read and tokenised with the task's settings (limits, length,
+    padding)."""
     examples = load_examples(cfg, spec, split)
     return encode(tokenizer, examples, cfg.max_length, spec.is_regression, cfg.padding == "max_length")
 

@@ -32,8 +32,9 @@ def matthews(pred: np.ndarray, gold: np.ndarray) -> float:
 
 
 def _correlation(fn, x: np.ndarray, y: np.ndarray) -> float:
-    """scipy's coefficient, as GLUE's STS-B metric computes it; 0.0 where it is undefined (a constant input:
-    a model that predicts one value for every pair has no correlation to report, and NaN would poison means)."""
+    """scipy's coefficient, as GLUE's STS-B metric computes it; 0.0 where it is undefined (a constant
+    input: a model that predicts one value for every pair has no correlation to report, and NaN would
+    poison means)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return 0.0

@@ -38,7 +38,8 @@ class PhaseTimer:
             self.marks.append(time.perf_counter())
 
     def memory(self, peak: bool = False) -> float | None:
-        """MiB allocated now (or at the peak since ``start``) on CUDA; None on CPU, which has no such counter."""
+        """MiB allocated now (or at the peak since ``start``) on CUDA; None on CPU, which has no such
+        counter."""
         if not self.cuda:
             return None
         fn = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
@@ -51,6 +52,6 @@ class PhaseTimer:
         return [1000 * (b - a) for a, b in pairwise(self.marks)]
 
     def phases_ms(self) -> tuple[float, float, float]:
-        """(forward, backward, optimizer) ms of the step: the marks are start, fwd, bwd, fwd, bwd, ..., opt."""
+        """(forward, backward, optimizer) ms of the step; marks: start, fwd, bwd, fwd, bwd, ..., opt."""
         durations = self.durations_ms()
         return sum(durations[0:-1:2]), sum(durations[1:-1:2]), durations[-1]

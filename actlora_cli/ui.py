@@ -17,8 +17,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-# Piped or redirected (a pipeline, nohup, a Slurm log), rich would hard-wrap at 80 columns, cutting paths and
-# messages that scripts grep for: soft wrap leaves long lines whole there; a terminal still wraps to its width.
+# Piped or redirected (a pipeline, nohup, a Slurm log), rich would hard-wrap at 80 columns, cutting paths
+# and messages that scripts grep for: soft wrap leaves long lines whole there; a terminal still wraps to its
+# width.
 out = Console(soft_wrap=not sys.stdout.isatty())
 err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 

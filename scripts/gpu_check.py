@@ -1,7 +1,8 @@
 """GPU check: on a CUDA machine without internet, run the GPU-only tests and a short bf16 probe -> train ->
 eval on random-weight models of the paper's shapes, and save a results file naming the machine.
 
-    python scripts/gpu_check.py                       # DeBERTa-v3-base shape; Llama-3.1-8B shape (8 layers), bf16 and QLoRA
+    python scripts/gpu_check.py                       # DeBERTa-v3-base shape; Llama-3.1-8B shape
+                                                      # (8 layers), bf16 and QLoRA
     python scripts/gpu_check.py --llama-layers 32     # the full depth, where memory allows
     python scripts/gpu_check.py --tiny --device cpu   # the same path on tiny shapes (CI runs this)
 
@@ -230,7 +231,8 @@ def main() -> None:
         "",
         f"`{results['machine']['command']}`",
         "",
-        "| model | base | layers | plan | fwd / bwd / opt ms | train samples/s | peak MiB | latency p50 ms/ex | throughput /s | TTFT p50 ms |",
+        "| model | base | layers | plan | fwd / bwd / opt ms | train samples/s | peak MiB "
+        "| latency p50 ms/ex | throughput /s | TTFT p50 ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:

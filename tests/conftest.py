@@ -70,9 +70,10 @@ def make_tiny_model(
             if hasattr(config, key):
                 setattr(config, key, dropout)
     save_model(folder, config, decoder=family in ("llama", "mistral", "qwen2"), seed=seed)
-    # Known limit: transformers 5 always builds Qwen2Tokenizer for model_type qwen2 (it distrusts hub tokenizer
-    # classes there), which ignores this word-level vocabulary and maps most words to one token. The qwen2 tests
-    # still compare against independent computations on the same inputs; they are just less varied.
+    # Known limit: transformers 5 always builds Qwen2Tokenizer for model_type qwen2 (it distrusts hub
+    # tokenizer classes there), which ignores this word-level vocabulary and maps most words to one token.
+    # The qwen2 tests still compare against independent computations on the same inputs; they are just less
+    # varied.
     return folder
 
 

@@ -427,7 +427,7 @@ def tokenizer():
 def test_encode_single_text(tokenizer):
     texts = ["a gorgeous , witty , seductive movie .", "bad", " ".join(["word"] * 200)]
     enc = encode(tokenizer, Examples([texts], [1, 0, 1]), max_length=16, regression=False)
-    for ids, text in zip(enc.input_ids, texts):
+    for ids, text in zip(enc.input_ids, texts, strict=True):
         assert ids == tokenizer(text, truncation=True, max_length=16)["input_ids"]
     assert enc.lengths[2] == 16 and enc.input_ids[2][-1] == tokenizer.sep_token_id
     assert enc.input_ids[1] == [
@@ -560,8 +560,8 @@ def test_load_domain_split_binary_and_rating(prepared):
         reg = load_domain_split(PACKAGED_TASKS["movies-rating"], split, str(prepared))
         assert all(type(x) is int for x in ex.labels)
         assert all(type(x) is float for x in reg.labels)
-        binary[split] = dict(zip(ex.texts[0], ex.labels))
-        rating[split] = dict(zip(reg.texts[0], reg.labels))
+        binary[split] = dict(zip(ex.texts[0], ex.labels, strict=True))
+        rating[split] = dict(zip(reg.texts[0], reg.labels, strict=True))
         # a sentence is in the same split for the binary and the rating task
         assert set(binary[split]) <= set(rating[split])
     text_of = {i: t for i, _, t in MOVIES}

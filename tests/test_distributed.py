@@ -50,7 +50,8 @@ def runs(tmp_path_factory, tiny_task):
     out = {}
     for nproc in (1, 2, "1-plan23", "2-plan23-cached"):
         # batch 9 in 3 micro-batches of 3: the 2 ranks get unequal shares (2 and 1), gradients accumulate
-        # without sync, and 83 = 9 x 9 + 2 leaves a last batch too small for 2 ranks x 3 micro-batches (dropped)
+        # without sync, and 83 = 9 x 9 + 2 leaves a last batch too small for 2 ranks x 3 micro-batches
+        # (dropped)
         cfg = tiny_config(
             model,
             tiny_task,

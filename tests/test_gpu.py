@@ -55,9 +55,9 @@ def test_qlora_uses_less_memory_than_bf16(tmp_path, tiny_task, tmp_path_factory)
 
 
 def test_cuda_prefix_cache_bf16_replay_stays_close_to_recomputation(tmp_path, tiny_task, tmp_path_factory):
-    """bf16 autocast on a bf16 base: the stored states are the bf16 states the prefix computes, replayed through
-    pinned host memory; the losses follow the uncached run without prefix dropout (kernels chosen by batch
-    shape make them close, not bit-equal)."""
+    """bf16 autocast on a bf16 base: the stored states are the bf16 states the prefix computes, replayed
+    through pinned host memory; the losses follow the uncached run without prefix dropout (kernels chosen by
+    batch shape make them close, not bit-equal)."""
     import json
 
     model_dir = make_tiny_model(tmp_path_factory.mktemp("gpu_c"), "bert", hidden=128)

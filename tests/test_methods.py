@@ -1,6 +1,7 @@
-"""The baseline methods in the same harness: each trains and evaluates on a tiny model, on every layer and on a
-plan; parameter counts are hand-worked; saved weights reload (plain transformers + peft) to the logits of the
-model the loop trained; AdaLoRA's schedule, budget, regulariser and resume are checked against peft itself."""
+"""The baseline methods in the same harness: each trains and evaluates on a tiny model, on every layer and on
+a plan; parameter counts are hand-worked; saved weights reload (plain transformers + peft) to the logits of
+the model the loop trained; AdaLoRA's schedule, budget, regulariser and resume are checked against peft
+itself."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def _expected_trainable(method: str, n_layers: int) -> int | None:
         "vera": 2
         * (H + 256),  # lambda_b (d) and lambda_d (r=256) per target; the projections are frozen buffers
         "loha": 2 * 2 * (H * R + R * H),  # two Hadamard factors, each a rank-r pair
-        # LoKr: 32 = 4 x 8 on both sides, W = w1 (4 x 4) kron w2 (8 x 8); r=8 is at least half of 8, so peft keeps
-        # w2 whole rather than as a rank-r pair
+        # LoKr: 32 = 4 x 8 on both sides, W = w1 (4 x 4) kron w2 (8 x 8); r=8 is at least half of 8, so peft
+        # keeps w2 whole rather than as a rank-r pair
         "lokr": 2 * (4 * 4 + 8 * 8),
     }
     return per_layer[method] * n_layers + HEAD if method in per_layer else None
@@ -178,7 +179,7 @@ def test_ia3_on_a_plan_rescales_exactly_peft_default_modules_of_those_layers(tin
     assert got == want
 
 
-# --- AdaLoRA against peft ------------------------------------------------------------------------------------
+# --- AdaLoRA against peft -----------------------------------------------------------------------------------
 
 
 def _adalora_cfg(tmp_path, tiny_models, tiny_task, **train_section) -> Config:
@@ -264,11 +265,14 @@ def test_adalora_resume_after_nan_matches_uninterrupted(tmp_path, tiny_models, t
     b = load_file(str(broken.run_dir / "adapter" / "adapter_model.safetensors"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
-    pattern = lambda run: json.loads((run / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+
+    def pattern(run):
+        return json.loads((run / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+
     assert pattern(broken.run_dir) == pattern(full.run_dir)
 
 
-# --- refusals --------------------------------------------------------------------------------------------------
+# --- refusals -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["full", "lokr", "loha"])

@@ -48,14 +48,16 @@ def _independent(model, arch, batches, site):
             for i, name in enumerate(arch.projections["o"]):
                 handles.append(
                     model.get_submodule(name).register_forward_hook(
-                        lambda m, a, o, i=i: captured.__setitem__(i, o)
-                    )  # noqa: B023 (removed below)
+                        lambda m, a, o, i=i, captured=captured: captured.__setitem__(i, o)
+                    )
                 )
         elif site == "block_out" and arch.is_decoder:
             # decoders' hidden_states[-1] has the final norm applied: read the last block's own output
             handles.append(
                 model.get_submodule(arch.layer_path(last)).register_forward_hook(
-                    lambda m, a, o: captured.__setitem__(last, o[0] if isinstance(o, tuple) else o)  # noqa: B023
+                    lambda m, a, o, last=last, captured=captured: captured.__setitem__(
+                        last, o[0] if isinstance(o, tuple) else o
+                    )
                 )
             )
         with torch.no_grad():

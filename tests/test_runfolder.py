@@ -1,7 +1,7 @@
-"""Nothing lost, nothing run that should not be: a finished run is replaced only on request and set aside until
-its replacement finishes, nothing actlora did not make is deleted, one writer per run folder, resume refuses
-another run's checkpoint, a crafted checkpoint cannot run code, links out of the run folder are refused, a
-kill -9 or a torn log line loses nothing, and compare refuses an eval of other weights."""
+"""Nothing lost, nothing run that should not be: a finished run is replaced only on request and set aside
+until its replacement finishes, nothing actlora did not make is deleted, one writer per run folder, resume
+refuses another run's checkpoint, a crafted checkpoint cannot run code, links out of the run folder are
+refused, a kill -9 or a torn log line loses nothing, and compare refuses an eval of other weights."""
 
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def test_overwrite_sets_the_old_run_aside_until_the_new_one_finishes(
     assert {k: v for k, v in snapshot(aside).items() if k != runfolder.MARKER} == kept
     assert not (cfg.run_dir / "train_summary.json").exists() and not (cfg.run_dir / "eval.json").exists()
 
-    # a second try keeps the finished run aside, drops the failed attempt, and removes .replaced when it is done
+    # a second try keeps the finished run aside, drops the failed attempt, and removes .replaced when it is
+    # done
     monkeypatch.setattr(train, "compute_loss", real)
     stale = cfg.run_dir / "checkpoints" / "step-999"
     stale.mkdir()

@@ -54,7 +54,7 @@ def _load(model_dir, num_labels: int = 2):
 
 def _batches(tok, regression: bool = False):
     out = []
-    for texts, labels in zip(SENTENCES, LABELS):
+    for texts, labels in zip(SENTENCES, LABELS, strict=True):
         batch = dict(tok(texts, padding=True, return_tensors="pt"))
         batch["labels"] = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
         out.append(batch)
@@ -144,7 +144,7 @@ def test_registry_names_match_the_config_schema():
 
 def _pool_np(hidden: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
     rows = []
-    for h, m in zip(hidden, mask):
+    for h, m in zip(hidden, mask, strict=True):
         real = np.flatnonzero(m)
         rows.append(h[0] if how == "first" else h[real[-1]] if how == "last" else h[real].mean(axis=0))
     return np.stack(rows)
@@ -172,7 +172,7 @@ def _reference_cka(model, arch, batches, how):
             xs[i].append(_pool_np(states[i].double().numpy(), mask, how))
             ys[i].append(_pool_np(out.double().numpy(), mask, how))
     result = []
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         x, y = np.concatenate(x), np.concatenate(y)
         xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
         if min(np.linalg.norm(xc) / np.linalg.norm(x), np.linalg.norm(yc) / np.linalg.norm(y)) < 1e-6:
@@ -192,7 +192,7 @@ def test_cka_matches_independent_float64_computation(tiny_models, family, poolin
     how = {"auto": "last" if arch.is_decoder else "first"}.get(pooling, pooling)
     expected = _reference_cka(model, arch, batches, how)
     assert [v is None for v in stat.raw] == [v is None for v in expected]
-    for got, want in zip(stat.raw, expected):
+    for got, want in zip(stat.raw, expected, strict=True):
         if want is not None:
             assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
     assert stat.batches == 2 and stat.examples == 8
@@ -272,7 +272,7 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
         loss = F.mse_loss(logits.squeeze(-1), labels) if regression else F.cross_entropy(logits, labels)
         for i, layer in enumerate(weights):
             grads = torch.autograd.grad(loss, layer, retain_graph=True)
-            for w, g in zip(layer, grads):
+            for w, g in zip(layer, grads, strict=True):
                 w64, g64 = w.detach().double(), g.double()
                 totals["grad_norm"][i] += float(g64.pow(2).sum().sqrt())
                 totals["fisher"][i] += float(g64.pow(2).sum())

@@ -1,5 +1,5 @@
-"""The sweep: a grid end to end on the tiny BERT, resuming (skip / eval only / resume training / the rest after
-a failure), one probe per task, and bad grids refused before anything runs."""
+"""The sweep: a grid end to end on the tiny BERT, resuming (skip / eval only / resume training / the rest
+after a failure), one probe per task, and bad grids refused before anything runs."""
 
 from __future__ import annotations
 

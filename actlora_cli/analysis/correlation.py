@@ -74,9 +74,12 @@ _MEASURE = {
 
 def _why_undefined(measure: str, a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> str | None:
     if measure == "cosine":
-        bad, problem = [n for n, v in zip(names, (a, b)) if not v.any()], "all zeros"
+        bad, problem = [n for n, v in zip(names, (a, b), strict=True) if not v.any()], "all zeros"
     else:
-        bad, problem = [n for n, v in zip(names, (a, b)) if (v == v[0]).all()], "constant across layers"
+        bad, problem = (
+            [n for n, v in zip(names, (a, b), strict=True) if (v == v[0]).all()],
+            "constant across layers",
+        )
     return f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} {problem}" if bad else None
 
 

@@ -46,7 +46,9 @@ def seed_stability(scores_by_seed: list[list[float]], ks: list[int]) -> dict:
             Problem("scores_by_seed", f"{len(scores_by_seed)} seed(s)", "give at least 2 seeds")
         )
     names = [f"seed {i}" for i in range(len(scores_by_seed))]
-    checked = check_vectors(dict(zip(names, scores_by_seed)), "score every seed on the same model")
+    checked = check_vectors(
+        dict(zip(names, scores_by_seed, strict=True)), "score every seed on the same model"
+    )
     arrays = list(checked.values())
     n_layers = arrays[0].size
     bad = [k for k in ks if not 1 <= k <= n_layers]

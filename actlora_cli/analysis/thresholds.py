@@ -24,7 +24,7 @@ def threshold_table(scores: list[float], taus: Sequence[float] = PAPER_TAUS) -> 
     scores = [float(s) for s in scores]
     curve = cumulative_importance(scores)
     ks = [k_for_tau(scores, tau) for tau in taus]
-    return [{"tau": float(tau), "k": k, "C(k)": curve[k - 1]} for tau, k in zip(taus, ks)]
+    return [{"tau": float(tau), "k": k, "C(k)": curve[k - 1]} for tau, k in zip(taus, ks, strict=True)]
 
 
 def markdown(rows: list[dict[str, float | int]]) -> str:

@@ -1,8 +1,10 @@
-"""Layer-wise CKA (``layerwise-cka-lora``): score_l = 1 - linear CKA(X_l, Y_l), where X_l is the representation
-entering layer l (for layer 0 the embedding output) and Y_l the one leaving it, one vector per example.
+"""Layer-wise CKA (``layerwise-cka-lora``): score_l = 1 - linear CKA(X_l, Y_l), where X_l is the
+representation entering layer l (for layer 0 the embedding output) and Y_l the one leaving it, one vector per
+example.
 
-- Pooling (``probe.pooling``): ``first`` token (position 0; the tool pads on the right), ``last`` non-pad token,
-  or ``mean`` over non-pad tokens; ``auto`` is first for encoders and last for decoders, as in the reference code.
+- Pooling (``probe.pooling``): ``first`` token (position 0; the tool pads on the right), ``last`` non-pad
+  token, or ``mean`` over non-pad tokens; ``auto`` is first for encoders and last for decoders, as in the
+  reference code.
 - Linear CKA on column-centred features, ``||Xc^T Yc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``. It is computed
   from feature moments accumulated over the batches in float64 (sum x x^T, sum y y^T, sum x y^T, sum x, sum y,
   n) and centred at the end (``Xc^T Yc = Sxy - n mx my^T``), so memory does not grow with the number of

@@ -65,7 +65,8 @@ def read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
 
 
 def delta_norm(a: torch.Tensor, b: torch.Tensor, scaling: float) -> float:
-    """||scaling * B @ A||_F via the r x r Gram matrices: ||BA||_F^2 = tr(A^T B^T B A) = sum((B^T B) * (A A^T))."""
+    """||scaling * B @ A||_F via the r x r Gram matrices:
+    ||BA||_F^2 = tr(A^T B^T B A) = sum((B^T B) * (A A^T))."""
     a, b = a.double(), b.double()
     return abs(scaling) * math.sqrt(max(0.0, float(((b.T @ b) * (a @ a.T)).sum())))
 
