@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from . import sentiment_data
 from .config import TaskSection
 from .errors import DataError, Problem
 
@@ -259,6 +260,19 @@ def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
     return Examples(texts, labels)
 
 
+def load_domain_split(spec: TaskSpec, split: str, data_dir: str | None) -> Examples:
+    """Examples of a packaged task's split, fetching the data on first use: every sentence with its mean
+    rating for a ``-rating`` task, the sentences outside the neutral band with their label otherwise."""
+    rows = sentiment_data.read_split(spec.name.removesuffix("-rating"), split, data_dir)
+    if rows is None:
+        raise DataError(
+            Problem("task", f"packaged task {spec.name} has no split '{split}'", "splits: train, validation")
+        )
+    if not spec.is_regression:
+        rows = [r for r in rows if r["label"] is not None]
+    return Examples([[r["text"] for r in rows]], [r[spec.label_field] for r in rows])
+
+
 def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
     """Examples of ``split``: hub (GLUE online), GLUE TSVs in task.data_dir, packaged cache, or custom
     files."""
@@ -272,8 +286,6 @@ def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
         path = Path(cfg.files[split]).expanduser()
         return _frame_to_examples(read_table(path), spec, str(path)).head(limit)
     if spec.source == "packaged":
-        from .sentiment_data import load_domain_split
-
         return load_domain_split(spec, split, cfg.data_dir).head(limit)
     if cfg.data_dir is not None:
         if split not in spec.tsv_files:

@@ -149,10 +149,9 @@ def fetch(root: Path | None = None, *, force: bool = False, quiet: bool = False)
     return root
 
 
-def load_domain_split(spec, split: str, data_dir: str | None):
-    """Examples of a packaged task's split, fetching the data on first use."""
-    from .data import Examples
-
+def read_split(domain: str, split: str, data_dir: str | None) -> list[dict] | None:
+    """The rows of one domain's split ({"id", "text", "rating", "label"}, label None inside the neutral
+    band), fetching the data on first use; None when the data has no such split."""
     root = cache_dir(data_dir)
     if not is_prepared(root):
         if data_dir:
@@ -164,13 +163,7 @@ def load_domain_split(spec, split: str, data_dir: str | None):
                 )
             )
         fetch(root)
-    domain = spec.name.removesuffix("-rating")
     path = root / domain / f"{split}.jsonl"
     if not path.is_file():
-        raise DataError(
-            Problem("task", f"packaged task {spec.name} has no split '{split}'", "splits: train, validation")
-        )
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not spec.is_regression:
-        rows = [r for r in rows if r["label"] is not None]
-    return Examples([[r["text"] for r in rows]], [r[spec.label_field] for r in rows])
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -24,6 +24,7 @@ from actlora_cli.data import (
     collate,
     encode,
     eval_splits,
+    load_domain_split,
     load_examples,
     shard,
     task_spec,
@@ -31,7 +32,6 @@ from actlora_cli.data import (
 from actlora_cli.errors import DataError
 from actlora_cli.sentiment_data import (
     DOMAIN_FILES,
-    load_domain_split,
     parse_ground_truth,
     prepare_from_sdist,
     split_rows,
