@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random models of every supported family, saved as ordinary model folders (config,
 safetensors, tokenizer) so the real loading code is what the tests exercise; a tiny custom task on disk.
+And the helpers several test modules use: a config for them, a NaN loss mid-run, gradient-reach hooks.
 Nothing here downloads."""
 
 from __future__ import annotations
@@ -123,3 +124,28 @@ def poison_loss(monkeypatch, at_call: int):
 
     monkeypatch.setattr(train, "compute_loss", poisoned)
     return real
+
+
+def grad_reach(model, arch) -> tuple[list[int], list[bool], list]:
+    """Hooks that record, per layer, how many gradients reached its output and whether its input required
+    grad; returns (calls, input_needs_grad, handles): the lists fill in as the model runs forward and
+    backward, and the caller removes the handles."""
+    calls = [0] * arch.num_layers
+    input_needs_grad = [False] * arch.num_layers
+    handles = []
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # arch paths are HF paths
+    for i in range(arch.num_layers):
+        layer = inner.get_submodule(arch.layer_path(i))
+
+        def pre(_m, args, kwargs, i=i):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            input_needs_grad[i] = hidden.requires_grad
+
+        def post(_m, _a, out, i=i):
+            out = out[0] if isinstance(out, tuple) else out
+            if out.requires_grad:
+                out.register_hook(lambda g, i=i: calls.__setitem__(i, calls[i] + 1))
+
+        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.register_forward_hook(post))
+    return calls, input_needs_grad, handles

@@ -18,8 +18,7 @@ from actlora_cli.cli import app
 from actlora_cli.config import METHODS, Config, LoraSection, ModelSection
 from actlora_cli.distributed import Dist
 from actlora_cli.modeling import load_model, locate
-from tests.conftest import NUM_LAYERS, poison_loss, tiny_config
-from tests.test_train import _grad_reach
+from tests.conftest import NUM_LAYERS, grad_reach, poison_loss, tiny_config
 
 H, FF, R, HEAD = 32, 64, 8, 32 * 2 + 2  # tiny BERT: hidden, intermediate, LoRA rank, classifier weights
 
@@ -144,7 +143,7 @@ def test_backward_stops_below_the_plan_for_every_method(tiny_models, method):
     arch = locate(model)
     adapted = adapters.apply_method(model, arch, LoraSection(method=method), [2, 3], total_steps=10)
     adapted.model.train()
-    calls, input_needs_grad, handles = _grad_reach(adapted.model, arch)
+    calls, input_needs_grad, handles = grad_reach(adapted.model, arch)
     ids = torch.randint(6, 20, (3, 9))
     out = adapted.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     F.cross_entropy(out, torch.tensor([0, 1, 0])).backward()

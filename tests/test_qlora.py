@@ -9,8 +9,7 @@ import torch
 from actlora_cli import adapters, train
 from actlora_cli.config import Config, ModelSection
 from actlora_cli.modeling import load_model, locate
-from tests.conftest import NUM_LAYERS, make_tiny_model, tiny_config
-from tests.test_train import _grad_reach
+from tests.conftest import NUM_LAYERS, grad_reach, make_tiny_model, tiny_config
 
 bnb = pytest.importorskip(
     "bitsandbytes", reason="bitsandbytes is not installed (pip install 'actlora[qlora]')"
@@ -48,7 +47,7 @@ def test_only_trainable_weights_are_upcast_and_the_cut_holds(qlora_model):
         elif param.dtype != torch.uint8:
             assert param.dtype == torch.bfloat16, name  # embeddings, norms: no blanket fp32 upcast
     wrapped.train()
-    calls, inputs, handles = _grad_reach(wrapped, arch)
+    calls, inputs, handles = grad_reach(wrapped, arch)
     ids = torch.randint(6, 20, (2, 9))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = wrapped(input_ids=ids, attention_mask=torch.ones_like(ids)).logits

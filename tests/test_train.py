@@ -14,6 +14,7 @@ from actlora_cli.cli import app
 from actlora_cli.config import Config, LoraSection, ModelSection, load_config
 from actlora_cli.modeling import load_model, locate
 from tests.conftest import NUM_LAYERS, poison_loss, tiny_config
+from tests.conftest import grad_reach as _grad_reach
 
 HIDDEN = 32
 
@@ -36,29 +37,6 @@ def test_lora_only_on_planned_layers_with_exact_parameter_count(tiny_models, lay
     assert trainable == len(layers) * 2 * 2 * 8 * HIDDEN + (HIDDEN * 2 + 2)
     names = {n for n, p in wrapped.named_parameters() if p.requires_grad}
     assert all("lora_" in n or "classifier" in n for n in names)
-
-
-def _grad_reach(model, arch) -> tuple[list[int], list[bool]]:
-    """Per layer: how many gradients reached its output, and whether its input required grad."""
-    calls = [0] * arch.num_layers
-    input_needs_grad = [False] * arch.num_layers
-    handles = []
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # arch paths are HF paths
-    for i in range(arch.num_layers):
-        layer = inner.get_submodule(arch.layer_path(i))
-
-        def pre(_m, args, kwargs, i=i):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            input_needs_grad[i] = hidden.requires_grad
-
-        def post(_m, _a, out, i=i):
-            out = out[0] if isinstance(out, tuple) else out
-            if out.requires_grad:
-                out.register_hook(lambda g, i=i: calls.__setitem__(i, calls[i] + 1))
-
-        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(layer.register_forward_hook(post))
-    return calls, input_needs_grad, handles
 
 
 @pytest.mark.parametrize("family", ["bert", "deberta-v2", "llama"])
