@@ -1,11 +1,11 @@
 """Ablation importance (the Act-LoRA paper's reference, section 7.5): from a run trained with LoRA on every
 layer, switch off one layer's adapted projections at a time (each target, e.g. Q and V, and all of them:
-"both") and record the drop of the task metric on the validation split. Importance = |drop|, normalised by
-its maximum. -> ``<run>/ablation.json``.
+"both") and record the drop of the task's first metric on its first evaluation split (task.eval_split, else
+validation). Importance = |drop|, normalised by its maximum per part. -> ``<run>/ablation.json``.
 
-Two readings of "ablate": ``adapter`` (default; DESIGN.md and the issue) switches the layer's LoRA off, so
-it measures what the adapter at that layer contributes; ``projection`` (the paper's words: "set their
-weights to zero") zeroes the whole projection, base weights included, so it measures the layer's Q/V itself.
+Two readings of "ablate": ``adapter`` (the default) switches the layer's LoRA off, so it measures what the
+adapter at that layer contributes; ``projection`` (the paper's words: "set their weights to zero") zeroes
+the whole projection, base weights included, so it measures the layer's Q/V itself.
 """
 
 from __future__ import annotations

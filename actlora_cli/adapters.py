@@ -33,7 +33,7 @@ class Adapted:
     layers: list[int]
     settings: dict[str, Any] = field(
         default_factory=dict
-    )  # what was derived from the run (AdaLoRA's schedule)
+    )  # what was derived from the run (AdaLoRA's schedule, IA3's modules)
 
     @property
     def weights_dir(self) -> str:
@@ -60,7 +60,8 @@ class Adapted:
 
     @property
     def has_step_hook(self) -> bool:
-        """Whether ``after_optimizer_step`` does anything (the loop then checks the step was really taken)."""
+        """Whether ``after_optimizer_step`` does anything (under fp16 the loop then checks, from the grad
+        scale, that the step was really taken)."""
         return self.method == "adalora"
 
     def after_optimizer_step(self, step: int) -> None:
@@ -106,7 +107,8 @@ class Adapted:
         set_peft_model_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
 
     def extra_state(self) -> dict[str, Any]:
-        """Optimizer-like state a method keeps outside its weights (AdaLoRA's importance averages)."""
+        """State a method keeps outside its saved weights: AdaLoRA's importance averages, its rank pattern
+        and its full-size trainable weights (the saved adapter is cut down to the pattern)."""
         if self.method != "adalora":
             return {}
         allocator = self.model.base_model.rankallocator
@@ -181,7 +183,8 @@ def apply_method(
 
 
 def apply_lora(model: nn.Module, arch: Architecture, lora: LoraSection, layers: list[int]) -> nn.Module:
-    """Plain LoRA on ``layers`` (the scorers and the ablation use it whatever lora.method says)."""
+    """Plain LoRA on ``layers``, whatever lora.method says: the model only, for use outside the training
+    loop (the tests build adapted models with it)."""
     return apply_method(model, arch, lora.model_copy(update={"method": "lora"}), layers).model
 
 
