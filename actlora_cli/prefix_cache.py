@@ -1,19 +1,18 @@
-"""The frozen-prefix cache: past the backward cut, the embeddings and the layers below the lowest trained layer
-compute the same output for an example every epoch (once their dropout is off). Their output, the hidden states
-entering the lowest trained layer, is stored once per example, unpadded, the first time the example is seen, and
-replayed afterwards: the prefix layers are swapped for pass-throughs and the stored states are put in at the
-lowest trained layer's input.
+"""The frozen-prefix cache: past the backward cut, the embeddings and the layers below the lowest trained
+layer compute the same output for an example every epoch (once their dropout is off). Their output, the hidden
+states entering the lowest trained layer, is stored once per example, unpadded, the first time the example is
+seen, and replayed afterwards: the prefix layers are swapped for pass-throughs and the stored states are put
+in at the lowest trained layer's input.
 
-Per example (an offset into one flat [tokens, hidden] store), so it works with any batch order, dynamic padding
-and DDP (each rank fills what it sees). A batch replays only when every one of its examples is stored;
+Per example (an offset into one flat [tokens, hidden] store), so it works with any batch order, dynamic
+padding and DDP (each rank fills what it sees). A batch replays only when every one of its examples is stored;
 otherwise it runs the prefix and stores what is missing. The store lives in host memory (pinned on CUDA) or in
 a memory-mapped file for tasks larger than memory.
 
 Replay equals recomputation because (1) right padding: the stored rows are exactly the real tokens, and pad
 positions, masked as attention keys, cannot change real positions' outputs; (2) the prefix has no dropout:
-``disable_prefix_dropout`` turns it off, and the run records that. Storing in bf16/fp16 rounds the states; fp32
-storage reproduces the uncached run (tests/test_prefix_cache.py).
-"""
+``disable_prefix_dropout`` turns it off, and the run records that. Storing in bf16/fp16 rounds the states;
+fp32 storage reproduces the uncached run (tests/test_prefix_cache.py)."""
 
 from __future__ import annotations
 
@@ -39,8 +38,9 @@ def _inner(model: nn.Module) -> nn.Module:
 
 
 def prefix_modules(model: nn.Module, arch: Architecture, lowest: int) -> list[tuple[str, nn.Module]]:
-    """The backbone's modules that run before layer ``lowest``: everything of the backbone outside the stack (the
-    embeddings; also modules after the stack, such as a pooler, which hold no dropout), plus layers < lowest."""
+    """The backbone's modules that run before layer ``lowest``: everything of the backbone outside the stack
+    (the embeddings; also modules after the stack, such as a pooler, which hold no dropout), plus layers <
+    lowest."""
     inner = _inner(model)
     backbone = arch.stack_path.split(".", 1)[0]
     stack_prefix = arch.stack_path + "."
@@ -67,8 +67,8 @@ def trained_in_prefix(model: nn.Module, arch: Architecture, lowest: int) -> list
 
 
 def disable_prefix_dropout(model: nn.Module, arch: Architecture, lowest: int) -> int:
-    """Set every dropout in the frozen prefix to zero (nn.Dropout modules and the float rates attention modules
-    keep, e.g. Llama's ``attention_dropout``); returns how many were non-zero."""
+    """Set every dropout in the frozen prefix to zero (nn.Dropout modules and the float rates attention
+    modules keep, e.g. Llama's ``attention_dropout``); returns how many were non-zero."""
     changed = 0
     for _, module in prefix_modules(model, arch, lowest):
         if isinstance(module, nn.Dropout):
@@ -231,9 +231,10 @@ def frozen_prefix(
     device: torch.device,
     method: str,
 ) -> tuple[PrefixCache | None, dict[str, Any]]:
-    """The policy for the frozen prefix below the plan's lowest layer: its dropout (kept, unless the cache is on
-    or train.frozen_dropout is off) and, with train.prefix_cache, the cache. Returns the cache (or None) and the
-    record the summary keeps. A prefix with a trained parameter in it cannot be cached: refused up front."""
+    """The policy for the frozen prefix below the plan's lowest layer: its dropout (kept, unless the cache is
+    on or train.frozen_dropout is off) and, with train.prefix_cache, the cache. Returns the cache (or None)
+    and the record the summary keeps. A prefix with a trained parameter in it cannot be cached: refused up
+    front."""
     lowest = min(layers)
     keep_dropout = train_cfg.frozen_dropout and train_cfg.prefix_cache == "off"
     record: dict[str, Any] = {
@@ -251,9 +252,10 @@ def frozen_prefix(
             [
                 Problem(
                     "train.prefix_cache",
-                    f"the frozen prefix is not frozen: {trained[0]} is trained ({method} on layers {layers}), so its "
-                    "output changes and cannot be cached",
-                    "use a plan that leaves the embeddings and the lowest layers frozen, or train.prefix_cache=off",
+                    f"the frozen prefix is not frozen: {trained[0]} is trained ({method} on layers "
+                    f"{layers}), so its output changes and cannot be cached",
+                    "use a plan that leaves the embeddings and the lowest layers frozen, "
+                    "or train.prefix_cache=off",
                 )
             ]
         )

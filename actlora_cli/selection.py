@@ -72,7 +72,8 @@ class Plan:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any], source: str) -> Plan:
-        """Read a plan back (selection.json); a missing or mistyped field is an ArtifactError naming ``source``."""
+        """Read a plan back (selection.json); a missing or mistyped field is an ArtifactError naming
+        ``source``."""
         missing = [name for name in PLAN_FIELDS if name not in doc]
         layers = doc.get("layers")
         bad = (
@@ -88,7 +89,8 @@ class Plan:
         return cls(**{name: doc[name] for name in PLAN_FIELDS})
 
     def check_fits(self, num_layers: int, source: str) -> None:
-        """Every planned layer exists in a model of ``num_layers`` layers (``source`` names the plan's origin)."""
+        """Every planned layer exists in a model of ``num_layers`` layers (``source`` names the plan's
+        origin)."""
         outside = [i for i in self.layers if not 0 <= i < num_layers]
         if outside:
             raise ConfigError(
@@ -135,7 +137,8 @@ def every_layer(num_layers: int) -> Plan:
 
 
 def explicit(layers: list[int], scores: list[float] | None = None) -> Plan:
-    """The layers a user named (rank.layers); with scores, the ranking and the share of the score they cover."""
+    """The layers a user named (rank.layers); with scores, the ranking and the share of the score they
+    cover."""
     layers = sorted(layers)
     if scores is None:
         return Plan(layers, len(layers), None, "explicit", None, None, None)

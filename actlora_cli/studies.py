@@ -37,7 +37,8 @@ def study_stability(
         by_seed = []
         for seed in seeds:
             ui.note(f"stability: {scorer}, seed {seed}")
-            doc = probe_scores(cfg.with_overrides({"probe.scorer": scorer}), out, f"{scorer}_seed{seed}", seed)
+            by_scorer = cfg.with_overrides({"probe.scorer": scorer})
+            doc = probe_scores(by_scorer, out, f"{scorer}_seed{seed}", seed)
             by_seed.append(doc["scores"])
         result = stability.seed_stability(by_seed, ks)
         results[scorer] = {**result, "scores_by_seed": by_seed}

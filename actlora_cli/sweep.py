@@ -3,9 +3,10 @@
 Layout under the sweep folder ``<out>``::
 
     sweep.json                                  the manifest: every point, its folder and status
-    <task>/probe/scores.json                    one probe per task (seeded by probe.seed, shared by its points)
-    <task>/<method>-k<k>-seed<s>/               an ordinary run folder (scores, selection, adapter, eval.json)
-    <task>/comparison.json, .md, *.png          the task's points (seeds grouped) against LoRA on every layer
+    <task>/probe/scores.json                    one probe per task (seeded by probe.seed, shared by its
+    points) <task>/<method>-k<k>-seed<s>/               an ordinary run folder (scores, selection, adapter,
+    eval.json) <task>/comparison.json, .md, *.png          the task's points (seeds grouped) against LoRA on
+    every layer
 
 Everything is checked before anything runs: every point's config is validated (all problems reported
 together), then the probes run and every k is checked against the model's layer count, and only then does
@@ -147,7 +148,8 @@ def parse_grid(
 
 
 def probe_config(base: Config, task: str, out: Path) -> Config:
-    """The task's one probe: the base config (its probe.seed, not a training seed) in ``<out>/<task>/probe``."""
+    """The task's one probe: the base config (its probe.seed, not a training seed) in
+    ``<out>/<task>/probe``."""
     return base.with_overrides({"task.name": task, "output_dir": str(Path(out) / task / "probe")})
 
 
@@ -163,8 +165,10 @@ def build_points(base: Config, grid: Grid, out: Path) -> list[Point]:
                 for seed in grid.seeds:
                     folder = Path(out) / task / f"{method}-k{k}-seed{seed}"
                     # the grid's k is the whole rule: it replaces the file's tau or layers
-                    values = {"task.name": task, "output_dir": str(folder), "lora.method": method, "rank.k": k,
-                              "rank.tau": CLEAR, "rank.layers": CLEAR, "train.seed": seed}  # fmt: skip
+                    values = {
+                        "task.name": task, "output_dir": str(folder), "lora.method": method, "rank.k": k,
+                        "rank.tau": CLEAR, "rank.layers": CLEAR, "train.seed": seed,
+                    }  # fmt: skip
                     try:
                         cfg = base.with_overrides(values)
                     except ConfigError as exc:
@@ -224,7 +228,9 @@ def plan_sweep(base: Config, grid: Grid, out: Path) -> dict[str, Any]:
     probes = {}
     for task in grid.tasks:
         cfg = probe_config(base, task, out)
-        needed = any(p.task == task and p.k != "all" and a == "train" for p, a in zip(points, actions))
+        needed = any(
+            p.task == task and p.k != "all" and a == "train" for p, a in zip(points, actions, strict=True)
+        )
         done = _made_from(cfg.run_dir / "scores.json", "scores", cfg)
         probes[task] = {
             "folder": str(cfg.run_dir),
@@ -243,7 +249,7 @@ def plan_sweep(base: Config, grid: Grid, out: Path) -> dict[str, Any]:
             "action": action,
             "status": "pending",
         }
-        for p, action in zip(points, actions)
+        for p, action in zip(points, actions, strict=True)
     ]
     return {"points": points, "actions": actions, "entries": entries, "probes": probes}
 
@@ -296,8 +302,8 @@ class _Manifest:
 
 def _run_point(point: Point, action: Action, scores: Path | None) -> None:
     if action == "train":
-        # an older config's checkpoints go first: a point stopped after rank (which writes this config's resolved
-        # file) and before train set them aside would otherwise look resumable next time
+        # an older config's checkpoints go first: a point stopped after rank (which writes this config's
+        # resolved file) and before train set them aside would otherwise look resumable next time
         runfolder.remove(point.folder / "checkpoints", point.folder)
         if point.k != "all":
             assert scores is not None
@@ -370,7 +376,9 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
         _check_k(points, doc, task)  # after the probe's step: the probe itself succeeded
         scores[task] = cfg.run_dir / "scores.json"
 
-    for i, (point, action, entry) in enumerate(zip(points, plan["actions"], manifest.doc["points"]), 1):
+    for i, (point, action, entry) in enumerate(
+        zip(points, plan["actions"], manifest.doc["points"], strict=True), 1
+    ):
         ui.note(
             f"[bold][{i}/{len(points)}][/] {point.task}/{point.name}: "
             + {
@@ -383,7 +391,7 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
         with manifest.step(entry):
             _run_point(point, action, scores.get(point.task))
 
-    by_folder = {str(p.folder): entry for p, entry in zip(points, manifest.doc["points"])}
+    by_folder = {str(p.folder): entry for p, entry in zip(points, manifest.doc["points"], strict=True)}
     for task in grid.tasks:
         report = compare_task(task, [p for p in points if p.task == task])
         json_path, md_path, *plots = write_report(report, out / task / "comparison.json")

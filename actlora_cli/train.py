@@ -132,7 +132,8 @@ class StepResult:
 
 @dataclass
 class Totals:
-    """The loop's running totals; saved in every checkpoint, so a resumed run's summary covers the whole run."""
+    """The loop's running totals; saved in every checkpoint, so a resumed run's summary covers the whole
+    run."""
 
     train_seconds: float = 0.0  # the loop's wall time, evaluations and checkpoints included
     eval_seconds: float = 0.0  # of which epoch-end evaluation
@@ -200,16 +201,16 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup))
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     return Run(
-        cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch, total_steps,
-        adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype, autocast_context(amp_dtype, ctx.device),
-        cache, prefix, trainable, total,
+        cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch,
+        total_steps, adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype,
+        autocast_context(amp_dtype, ctx.device), cache, prefix, trainable, total,
     )  # fmt: skip
 
 
 def count_steps_per_epoch(examples: int, batch_size: int, min_batch: int) -> int:
-    """Optimizer steps in one epoch. Every rank must get a share of every micro-batch, so a final batch smaller
-    than world x grad_accum is dropped, and the epoch is counted with the same rule (a count that disagreed
-    would never finish the epoch)."""
+    """Optimizer steps in one epoch. Every rank must get a share of every micro-batch, so a final batch
+    smaller than world x grad_accum is dropped, and the epoch is counted with the same rule (a count that
+    disagreed would never finish the epoch)."""
     steps = len(batch_indices(examples, batch_size, shuffle=False, min_size=min_batch))
     if steps == 0:
         raise ConfigError([Problem(
@@ -234,8 +235,8 @@ def check_precision(model: torch.nn.Module, amp_dtype: torch.dtype | None) -> No
 # A run's outputs in its folder: what a fresh run replaces (only with --overwrite) and resume continues.
 OUTPUTS = ("adapter", "model", "checkpoints", "train_log.jsonl", "train_summary.json", "eval.json")
 
-# Settings that do not change what a run learns, so a resume may differ in them: where it is written, the probe
-# (the plan itself is compared), when it stops or saves, and how it is evaluated.
+# Settings that do not change what a run learns, so a resume may differ in them: where it is written, the
+# probe (the plan itself is compared), when it stops or saves, and how it is evaluated.
 RESUMABLE_CHANGES = ("output_dir", "probe.", "rank.", "train.max_steps", "train.save_every",
                      "train.eval_batch_size", "task.max_eval_examples", "task.eval_split")  # fmt: skip
 
@@ -256,8 +257,9 @@ def training_settings(cfg: Config) -> dict[str, Any]:
 
 
 def check_outputs(cfg: Config, resume: bool, overwrite: bool) -> list[str]:
-    """Before any work: refuse to train over an earlier run unless --overwrite (or --resume) says so, and refuse
-    outputs that are links out of the run folder. Returns the earlier run's outputs that a fresh run replaces."""
+    """Before any work: refuse to train over an earlier run unless --overwrite (or --resume) says so, and
+    refuse outputs that are links out of the run folder. Returns the earlier run's outputs that a fresh run
+    replaces."""
     run_dir = cfg.run_dir
     present = [n for n in OUTPUTS if (run_dir / n).exists() or (run_dir / n).is_symlink()]
     for path in [*(run_dir / n for n in present), *run_dir.glob("prefix_cache.rank*.bin")]:
@@ -291,7 +293,8 @@ def set_aside(cfg: Config, ctx: Dist, outputs: list[str]) -> Path | None:
 
 def resume_from(run: Run) -> tuple[int, Totals]:
     """The step to continue from and the totals so far, with weights, optimizer, scheduler, scaler, RNG and
-    the method's state restored from the last checkpoint, after checking it was made by this run's settings."""
+    the method's state restored from the last checkpoint, after checking it was made by this run's
+    settings."""
     ckpt_dir = run.ckpt_dir
     last = last_checkpoint(ckpt_dir)
     if last is None:
@@ -357,8 +360,8 @@ def train_step(run: Run, global_batch: list[int], step: int, timer: PhaseTimer) 
     """One optimizer step over ``global_batch``: grad_accum micro-batches (forward, backward), the loss synced
     across ranks and checked, then unscale, clip, step, the method's hook, zero_grad and the scheduler."""
     t, ctx = run.cfg.train, run.ctx
-    # grad_accum micro-batches of near-equal size, each with at least one example per rank; collated before the
-    # clock starts, so the phases time the model, not the padding loop
+    # grad_accum micro-batches of near-equal size, each with at least one example per rank; collated before
+    # the clock starts, so the phases time the model, not the padding loop
     rows = [shard(global_batch[i :: t.grad_accum], ctx.rank, ctx.world) for i in range(t.grad_accum)]
     micro_batches = [to_device(collate(run.train_data, r), ctx.device) for r in rows]
     timer.start()
@@ -477,7 +480,8 @@ def run_train(
         advance(step)
         while step < run.total_steps:
             epoch = step // per_epoch
-            # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same batches
+            # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same
+            # batches
             batches = batch_indices(
                 len(run.train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
                 lengths=run.train_data.lengths if t.group_by_length else None,
@@ -538,7 +542,8 @@ def log_record(step: int, steps_per_epoch: int, result: StepResult) -> dict[str,
 
 
 def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
-    """Validation metrics at an epoch end, into the history (every rank takes part: the metrics are reduced)."""
+    """Validation metrics at an epoch end, into the history (every rank takes part: the metrics are
+    reduced)."""
     began = time.perf_counter()
     metrics = {
         split: evaluate_metrics(
@@ -575,8 +580,8 @@ def summary(run: Run, step: int, totals: Totals, started: float, weights_hash: s
     return {
         "model": run.arch.identity(cfg.model.name),
         "task": {"name": run.spec.name, "train_examples": len(run.train_data)},
-        "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule, "source": plan.source,
-                 "ranks_agreeing": run.ranks_agreeing},
+        "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule,
+                 "source": plan.source, "ranks_agreeing": run.ranks_agreeing},
         "method": cfg.lora.method,
         "method_settings": run.adapted.settings,
         "weights_hash": weights_hash,  # eval.json records the hash it measured: compare checks they agree
@@ -589,7 +594,7 @@ def summary(run: Run, step: int, totals: Totals, started: float, weights_hash: s
         "final_metrics": totals.history[-1]["metrics"] if totals.history else {},
         "history": totals.history,
         "frozen_prefix": run.prefix,
-        "mean_step_ms": {name: round(v / steps_run, 3) for name, v in zip(phases, totals.phase_ms, strict=True)},
+        "mean_step_ms": {p: round(v / steps_run, 3) for p, v in zip(phases, totals.phase_ms, strict=True)},
         "train_seconds": round(seconds, 3),
         "eval_seconds": round(totals.eval_seconds, 3),
         "samples_per_second": round(totals.samples / seconds, 3) if seconds else None,

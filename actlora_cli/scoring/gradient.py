@@ -118,7 +118,8 @@ def gradient_scorer(
     *,
     kind: Kind,
 ) -> LayerStatistic:
-    """(1/S) sum_t sum_{W in layer l's targets} stat(W, dL_t/dW), for every layer l (see the module docstring)."""
+    """(1/S) sum_t sum_{W in layer l's targets} stat(W, dL_t/dW), for every layer l (see the module
+    docstring)."""
     stat = STATISTICS[kind]
     per_layer = target_weights(model, arch, cfg.lora.targets)
     flat = [w for weights in per_layer for w in weights]
@@ -134,7 +135,7 @@ def gradient_scorer(
             labels = batch.pop("labels")
             loss = compute_loss(model(**batch).logits, labels, regression)
             grads = global_mean_gradient(torch.autograd.grad(loss, flat), labels.shape[0])
-            per_weight = torch.stack([stat(w, g) for w, g in zip(flat, grads)])
+            per_weight = torch.stack([stat(w, g) for w, g in zip(flat, grads, strict=True)])
             values.append(
                 torch.zeros(arch.num_layers, dtype=torch.float64, device=device).index_add_(
                     0, owner, per_weight
