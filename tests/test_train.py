@@ -14,7 +14,7 @@ from actlora_cli.cli import app
 from actlora_cli.config import Config, LoraSection, ModelSection, load_config
 from actlora_cli.modeling import load_model, locate
 from tests.conftest import NUM_LAYERS, poison_loss, tiny_config
-from tests.conftest import grad_reach as _grad_reach
+from tests.conftest import grad_reach
 
 HIDDEN = 32
 
@@ -46,7 +46,7 @@ def test_backward_stops_at_lowest_adapted_layer(tiny_models, family, layers, low
     arch = locate(model)
     wrapped = adapters.apply_lora(model, arch, LoraSection(), layers)
     wrapped.train()
-    calls, input_needs_grad, handles = _grad_reach(wrapped, arch)
+    calls, input_needs_grad, handles = grad_reach(wrapped, arch)
     ids = torch.randint(6, 20, (3, 9))
     out = wrapped(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 0])).backward()
@@ -64,7 +64,7 @@ def test_training_loop_keeps_the_backward_cut(tmp_path, tiny_models, tiny_task, 
 
     def apply_and_watch(model, arch, lora, layers, total_steps):
         adapted = real_apply(model, arch, lora, layers, total_steps)
-        seen["calls"], seen["inputs"], _ = _grad_reach(adapted.model, arch)
+        seen["calls"], seen["inputs"], _ = grad_reach(adapted.model, arch)
         return adapted
 
     monkeypatch.setattr(train, "apply_method", apply_and_watch)

@@ -23,6 +23,8 @@ class LayerStatistic:
     batches: int
     tokens: int
     examples: int
+    # the scorer's own pass over the probe batches: forwards only for activation norms and CKA; for the
+    # gradient scorers the backward and the gradients' all-reduce too (probe.py reports it as probe_s)
     forward_seconds: float
 
 
