@@ -13,8 +13,7 @@ from actlora_cli import adapters, train
 from actlora_cli.cli import app
 from actlora_cli.config import Config, LoraSection, ModelSection, load_config
 from actlora_cli.modeling import load_model, locate
-from tests.conftest import NUM_LAYERS, poison_loss, tiny_config
-from tests.conftest import grad_reach
+from tests.conftest import NUM_LAYERS, grad_reach, poison_loss, tiny_config
 
 HIDDEN = 32
 
