@@ -163,8 +163,9 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     seed_everything(t.seed)  # before the model: a new head and the adapters draw their initial weights
     loaded = load_for(cfg.model, spec.num_labels, ctx.device)
     if plan is None:
-        plan = resolve_plan(cfg, loaded.arch.num_layers)
-    plan.check_fits(loaded.arch.num_layers, plan.source or "the layer plan")
+        plan = resolve_plan(cfg, loaded.arch.num_layers)  # checked against the model there
+    else:
+        plan.check_fits(loaded.arch.num_layers, plan.source or "the layer plan")
     # different plans would train different parameters on different ranks: checked before anything is wrapped
     ranks_agreeing = same_on_all_ranks(plan.layers, "the layer plan")
     train_data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
