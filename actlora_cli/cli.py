@@ -1,5 +1,6 @@
 """The ``actlora`` command line: thin commands over stage functions, shared option aliases, and one place
-that turns known errors into a message and exit code 2.
+that turns known errors into a message and exit code 2. Each command reads options -> config -> stage ->
+render; what it shows is in render.py.
 
 Stages are imported inside the commands so that ``--help`` and config errors answer without loading torch.
 """
@@ -13,9 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from . import ui
+from . import render, ui
 from .config import CLEAR, Config, load_config, parse_list
 from .errors import ActloraError, ConfigError, Problem
 
@@ -28,7 +28,8 @@ app = typer.Typer(
         "  actlora rank  --config configs/minilm_movies.yaml --k 3  -> selection.json\n\n"
         "  actlora train --config configs/minilm_movies.yaml        -> adapter/, train_summary.json\n\n"
         "  actlora eval  --config configs/minilm_movies.yaml        -> eval.json\n\n"
-        "Without --config, $ACTLORA_CONFIG or the built-in offline default (packaged MiniLM on movie sentences) is used."
+        "Without --config, $ACTLORA_CONFIG or the built-in offline default (packaged MiniLM on movie "
+        "sentences) is used."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -69,7 +70,9 @@ KOpt = Annotated[
 ]
 LayersOpt = Annotated[
     str | None,
-    typer.Option("--layers", help="An explicit plan: comma-separated layer indices, e.g. 3,4,5 (rank.layers)."),
+    typer.Option(
+        "--layers", help="An explicit plan: comma-separated layer indices, e.g. 3,4,5 (rank.layers)."
+    ),
 ]
 TauOpt = Annotated[
     float | None,
@@ -95,18 +98,23 @@ def _handled(debug: bool):
                 f"  [bold]{problem.where}[/]: {problem.what}"
                 + (f"\n    fix: {problem.fix}" if problem.fix else "")
             )
+        # 2, as click's own usage errors: a script can tell "fix the input" from a crash (1, with a traceback)
         raise typer.Exit(2) from None
     finally:
-        from .distributed import teardown
+        # a stage under torchrun leaves a process group: end it even on error (torch warns of one left at
+        # exit). Only a stage that ran can have made one; importing torch to find none slows config errors.
+        if f"{__package__}.distributed" in sys.modules:
+            from .distributed import teardown
 
-        teardown()
+            teardown()
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
     try:
         return [kind(part) for part in parse_list(text)]
     except ValueError:
-        raise ConfigError([Problem(flag, f"expected comma-separated numbers, got '{text}'", "e.g. 2,4")]) from None
+        problem = Problem(flag, f"expected comma-separated numbers, got '{text}'", "e.g. 2,4")
+        raise ConfigError([problem]) from None
 
 
 def _parse_k(k: str) -> int | str:
@@ -115,7 +123,8 @@ def _parse_k(k: str) -> int | str:
     try:
         return int(k)
     except ValueError:
-        raise ConfigError([Problem("--k", f"expected a whole number or 'all', got '{k}'", "e.g. --k 3")]) from None
+        problem = Problem("--k", f"expected a whole number or 'all', got '{k}'", "e.g. --k 3")
+        raise ConfigError([problem]) from None
 
 
 def _rule_values(k: str | None, tau: float | None, layers: str | None) -> dict[str, Any]:
@@ -138,6 +147,8 @@ def _config(config: Path | None, overrides: list[str] | None, values: dict[str, 
 
 
 def _quiet_libraries() -> None:
+    """Silence transformers' logging and progress bars: the stages report their own progress on stderr, and
+    stdout carries results only. Called after _config, so a config error answers before transformers loads."""
     import warnings
 
     from transformers.utils import logging as hf_logging
@@ -175,24 +186,9 @@ def probe(
             },
         )
         _quiet_libraries()
-        from .probe import run_probe
+        from .probe import run_probe  # here, not at the top: --help and config errors answer without torch
 
-        doc = run_probe(cfg)
-        if ui.quiet():
-            return
-        where = f" at {doc['site']}" if doc["site"] else ""
-        table = Table(title=f"{doc['scorer']}{where}: {doc['model']['name']} on {doc['task']['name']}")
-        for col in ("layer", "raw", "score", ""):
-            table.add_column(col, justify="right" if col != "" else "left")
-        for i, (raw, score) in enumerate(zip(doc["raw"], doc["scores"])):
-            shown = "undefined" if raw is None else f"{raw:.4g}"
-            table.add_row(str(i), shown, f"{score:.3f}", "#" * round(20 * score))
-        ui.out.print(table)
-        t = doc["timings"]
-        ui.out.print(
-            f"{doc['batches_seen']} batches, {doc['examples_seen']} examples, {doc['tokens_seen']} tokens in "
-            f"{t['probe_s']:.2f}s ({t['per_batch_ms']:.1f} ms/batch) -> {cfg.run_dir / 'scores.json'}"
-        )
+        render.scores(run_probe(cfg), cfg.run_dir / "scores.json")
 
 
 @app.command(short_help="Choose the layers (top-k or tau) -> <run>/selection.json.")
@@ -206,31 +202,13 @@ def rank(
     debug: DebugOpt = False,
 ) -> None:
     """Turn <run>/scores.json into a layer plan: the top-k layers (--k), the least k whose cumulative
-    importance C(k) reaches --tau, or the layers you name (--layers 3,4,5; scores.json optional, and when it is
-    there the plan's share of the score is recorded). Writes <run>/selection.json with the C(k) curve."""
+    importance C(k) reaches --tau, or the layers you name (--layers 3,4,5; scores.json optional, and when it
+    is there the plan's share of the score is recorded). Writes <run>/selection.json with the C(k) curve."""
     with _handled(debug):
         cfg = _config(config, set_, {"output_dir": output_dir, **_rule_values(k, tau, layers)})
         from .rank import run_rank
 
-        doc = run_rank(cfg)
-        chosen = set(doc["layers"])
-        tau_shown = f", tau={doc['tau']}" if doc["tau"] else ""
-        table = Table(title=f"layer plan ({doc['rule']}): k={doc['k']}{tau_shown}")
-        for col in ("rank", "layer", "score", "C(k)", "selected"):
-            table.add_column(col, justify="right")
-        # an explicit plan made without scores has no ranking: its table lists the chosen layers only
-        ranking = doc["ranking"] or doc["layers"]
-        for position, layer in enumerate(ranking):
-            table.add_row(
-                str(position + 1) if doc["ranking"] else "",
-                str(layer),
-                f"{doc['scores'][layer]:.3f}" if doc["scores"] else "",
-                f"{doc['cumulative_importance'][position]:.3f}" if doc["cumulative_importance"] else "",
-                "yes" if layer in chosen else "",
-            )
-        ui.out.print(table)
-        coverage = "" if doc["coverage"] is None else f" (share of the score {doc['coverage']:.3f})"
-        ui.out.print(f"selected layers {doc['layers']}{coverage} -> {cfg.run_dir / 'selection.json'}")
+        render.selection(run_rank(cfg), cfg.run_dir / "selection.json")
 
 
 @app.command(short_help="Train lora.method on the layer plan -> <run>/adapter/, train_summary.json.")
@@ -250,10 +228,10 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.")] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Train lora.method (LoRA; or adalora, ia3, vera, lokr, loha, full) on the layer plan: <run>/selection.json,
-    or ranked on the fly from scores.json when --k or --tau is given; --k all is every layer (the baseline;
-    needs no probe). Writes <run>/adapter (PEFT format; model/ for full), checkpoints/, train_log.jsonl and
-    train_summary.json."""
+    """Train lora.method (LoRA; or adalora, ia3, vera, lokr, loha, full) on the layer plan:
+    <run>/selection.json, or ranked on the fly from scores.json when --k or --tau is given; --k all is every
+    layer (the baseline; needs no probe). Writes <run>/adapter (PEFT format; model/ for full), checkpoints/,
+    train_log.jsonl and train_summary.json."""
     with _handled(debug):
         cfg = _config(
             config,
@@ -271,36 +249,10 @@ def train(
         from .rank import ranked_now
         from .train import run_train
 
-        # a k or tau typed here ranks the run's scores now, ahead of an older selection.json; otherwise the run's
-        # own plan (rank.layers, --k all, selection.json, or the file's rule on scores.json)
+        # a k or tau typed here ranks the run's scores now, ahead of an older selection.json; otherwise the
+        # run's own plan (rank.layers, --k all, selection.json, or the file's rule on scores.json)
         plan = ranked_now(cfg) if (k not in (None, "all")) or tau is not None else None
-        doc = run_train(cfg, plan=plan, resume=resume)
-        if not ui.quiet():
-            table = Table(
-                title=f"train: {doc['method']} on {doc['model']['name']}, {doc['task']['name']}, "
-                f"layers {doc['plan']['layers']}"
-            )
-            table.add_column("")
-            table.add_column("value", justify="right")
-            for split, values in doc["final_metrics"].items():
-                for name, value in values.items():
-                    table.add_row(f"{split} {name}", f"{value:.4f}")
-            table.add_row(
-                "trainable parameters",
-                f"{doc['trainable_parameters']:,} ({100 * doc['trainable_share']:.3f}%)",
-            )
-            table.add_row("steps / epochs", f"{doc['steps']} / {doc['epochs']}")
-            table.add_row("samples/s", f"{doc['samples_per_second']}")
-            ms = doc["mean_step_ms"]
-            table.add_row(
-                "step ms (fwd / bwd / opt)",
-                f"{ms['forward']:.1f} / {ms['backward']:.1f} / {ms['optimizer']:.1f}",
-            )
-            table.add_row("device-hours", f"{doc['device_hours']:.5f} ({doc['device']} x{doc['world_size']})")
-            if doc["peak_memory_mib"] is not None:
-                table.add_row("peak memory MiB", f"{doc['peak_memory_mib']}")
-            ui.out.print(table)
-            ui.out.print(f"adapter -> {cfg.run_dir / 'adapter'}")
+        render.train_summary(run_train(cfg, plan=plan, resume=resume), cfg.run_dir)
 
 
 @app.command("eval", short_help="Metrics, latency and throughput of the trained run -> <run>/eval.json.")
@@ -318,32 +270,7 @@ def eval_(
         _quiet_libraries()
         from .evaluation import run_eval
 
-        doc = run_eval(cfg)
-        if not ui.quiet():
-            table = Table(title=f"eval: {doc['model']['name']} on {doc['task']['name']} ({doc['device']})")
-            table.add_column("")
-            table.add_column("value", justify="right")
-            for split, values in doc["metrics"].items():
-                for name, value in values.items():
-                    table.add_row(f"{split} {name}", f"{value:.4f}")
-            for mode in ("unmerged", "merged"):
-                tm = doc["timing"][mode]
-                if "skipped" in tm:
-                    table.add_row(f"{mode}", tm["skipped"])
-                    continue
-                table.add_row(
-                    f"latency ms/example p50 / p90 ({mode})",
-                    f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}",
-                )
-                table.add_row(f"throughput samples/s ({mode})", f"{tm['throughput_samples_per_s']:.1f}")
-            if "time_to_first_token_ms_p50" in doc["timing"]:
-                tm = doc["timing"]
-                table.add_row(
-                    "time to first token ms p50 / p90",
-                    f"{tm['time_to_first_token_ms_p50']:.3f} / {tm['time_to_first_token_ms_p90']:.3f}",
-                )
-            ui.out.print(table)
-            ui.out.print(f"-> {cfg.run_dir / 'eval.json'}")
+        render.eval_result(run_eval(cfg), cfg.run_dir / "eval.json")
 
 
 @app.command(short_help="Runs against a baseline, Table 5's columns, seeds as mean ± std.")
@@ -372,8 +299,8 @@ def compare(
     debug: DebugOpt = False,
 ) -> None:
     """Compare runs with a baseline as the paper's Table 5 does: metric change, trainable parameters,
-    device-hours and latency saved, throughput gained, step-time ratio. Runs differing only in train.seed form a
-    group, reported as mean ± std over its seeds (Markdown on stdout)."""
+    device-hours and latency saved, throughput gained, step-time ratio. Runs differing only in train.seed form
+    a group, reported as mean ± std over its seeds (Markdown on stdout)."""
     with _handled(debug):
         from .compare import compare_runs, markdown, write_report
 
@@ -382,7 +309,7 @@ def compare(
         if out is not None:
             for path in write_report(report, out):
                 ui.note(f"-> {path}")
-        sys.stdout.write(text)  # raw Markdown: no console wrapping, pipeline-friendly
+        render.markdown(text)
 
 
 @app.command(short_help="Metric drop with each layer's adapters switched off -> <run>/ablation.json.")
@@ -408,18 +335,7 @@ def ablate(
 
         if mode not in ("adapter", "projection"):
             raise ConfigError([Problem("--mode", f"unknown mode '{mode}'", "adapter or projection")])
-        doc = run_ablation(cfg, mode)
-        if ui.quiet():
-            return
-        table = Table(title=f"ablation: {doc['metric']} {doc['full_metric']:.4f} with every adapter on")
-        parts = list(doc["drop"])
-        for col in ("layer", *(f"drop {p}" for p in parts), "importance (both)"):
-            table.add_column(col, justify="right")
-        for i in range(len(doc["drop"]["both"])):
-            table.add_row(
-                str(i), *(f"{doc['drop'][p][i]:+.4f}" for p in parts), f"{doc['importance']['both'][i]:.3f}"
-            )
-        ui.out.print(table)
+        render.ablation(run_ablation(cfg, mode))
 
 
 @app.command(short_help="A grid of methods x k x seeds x tasks, resumable, one run folder per point.")
@@ -466,43 +382,12 @@ def sweep(
 
         doc = run_sweep(cfg, parse_grid(cfg, methods, k, seeds, tasks), out, dry_run=dry_run)
         if dry_run:
-            table = Table(title=f"sweep plan: {doc['total']} points in {out} (nothing written)")
-            for col in ("#", "task", "point", "would run"):
-                table.add_column(col, justify="right" if col == "#" else "left")
-            for i, p in enumerate(doc["points"], 1):
-                table.add_row(str(i), p["task"], p["name"], p["action"])
-            ui.out.print(table)
-            for task, probe in doc["probes"].items():
-                ui.out.print(f"probe {task}: {probe['action']} ({probe['folder']})")
-            return
-        table = Table(title=f"sweep: {doc['total']} points in {out}")
-        for col in ("task", "point", "ran", "metric", "value", "trainable params", "step ms"):
-            table.add_column(
-                col,
-                justify="left" if col in ("task", "point", "ran", "metric") else "right",
-                no_wrap=col == "point",
-            )
-        for p in doc["points"]:
-            table.add_row(
-                p["task"],
-                p["name"],
-                p["action"],
-                p["metric_name"],
-                f"{p['metric']:.4f}",
-                f"{p['trainable_parameters']:,}",
-                f"{p['step_ms']:.1f}",
-            )
-        ui.out.print(table)
-        for task, comparison in doc["comparisons"].items():
-            note = f"\nNote: {comparison['note']}.\n" if comparison["note"] else ""
-            sys.stdout.write(f"\n## {task}\n{note}\n" + Path(comparison["markdown"]).read_text())
+            render.sweep_plan(doc, out)
+        else:
+            render.sweep(doc, out)
 
 
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the study's JSON, Markdown and plots.")]
-
-
-def _print_md(out: Path, name: str) -> None:
-    sys.stdout.write((out / f"{name}.md").read_text())
 
 
 @study_app.command("stability")
@@ -522,7 +407,7 @@ def study_stability_cmd(
         from .studies import study_stability
 
         study_stability(cfg, parse_list(scorers), list(range(seeds)), _numbers(ks, int, "--ks"), out)
-        _print_md(out, "stability")
+        render.study(out, "stability")
 
 
 @study_app.command("tasks")
@@ -540,7 +425,7 @@ def study_tasks_cmd(
         from .studies import study_tasks
 
         study_tasks(cfg, parse_list(tasks), out)
-        _print_md(out, "tasks")
+        render.study(out, "tasks")
 
 
 @study_app.command("correlation")
@@ -562,7 +447,7 @@ def study_correlation_cmd(
         from .studies import study_correlation
 
         study_correlation(cfg, parse_list(scorers), out)
-        _print_md(out, "correlation")
+        render.study(out, "correlation")
 
 
 @study_app.command("thresholds")
@@ -582,7 +467,7 @@ def study_thresholds_cmd(
         from .studies import study_thresholds
 
         study_thresholds(cfg, out, _numbers(taus, float, "--taus"))
-        _print_md(out, "thresholds")
+        render.study(out, "thresholds")
 
 
 @data_app.command("fetch")
@@ -604,13 +489,7 @@ def data_fetch(
         from .sentiment_data import cache_dir, fetch
 
         root = fetch(Path(dir_) if dir_ else cache_dir(), force=force)
-        manifest = json.loads((root / "manifest.json").read_text())
-        table = Table(title=f"packaged sentiment data in {root}")
-        for col in ("domain", "train", "validation"):
-            table.add_column(col, justify="right")
-        for domain, counts in manifest["counts"].items():
-            table.add_row(domain, str(counts["train"]), str(counts["validation"]))
-        ui.out.print(table)
+        render.data_manifest(json.loads((root / "manifest.json").read_text()), root)
 
 
 @app.command("config", short_help="Validate a config and print it resolved.")
@@ -621,9 +500,7 @@ def show_config(
 ) -> None:
     """Validate a config and print it resolved (defaults, file and overrides merged)."""
     with _handled(debug):
-        from .config import dump_yaml
-
-        ui.out.print(dump_yaml(_config(config, set_, {})), end="", markup=False, highlight=False)
+        render.resolved_config(_config(config, set_, {}))
 
 
 def main() -> None:

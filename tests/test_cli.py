@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -120,6 +122,20 @@ def test_help_teaches():
         assert word in text
     result, text = _invoke("probe", "--help")
     assert result.exit_code == 0 and "--steps" in text and "--set" in text
+
+
+def test_help_and_config_errors_answer_without_torch(tmp_path):
+    """Stages (and torch, seconds to import) load only once the config is valid."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("probe:\n  stpes: 3\n")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom actlora_cli.cli import app\n"
+        f"runs = (['--help'], ['probe', '-c', {str(bad)!r}])\n"
+        "codes = [CliRunner().invoke(app, args).exit_code for args in runs]\n"
+        "print(*codes, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "2", "False"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,212 @@
+"""What the commands show: one function per artefact kind, each printing a stage's document to stdout.
+
+Results go to stdout (``ui.out``) so they can be piped; progress and notes stay on stderr. The stages that run
+under torchrun (probe, train, eval, ablate) show their result on rank 0 only. No torch here: the CLI imports
+this module before it knows whether a stage will run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.cells import cell_len
+from rich.table import Table
+
+from . import ui
+from .config import Config, dump_yaml
+from .selection import Plan
+
+
+def _table(title: str, columns: dict[str, str]) -> Table:
+    """A table of ``{column: justify}``, at least as wide as its title: a title naming a path would otherwise
+    wrap inside the path over a narrow table."""
+    table = Table(title=title, min_width=cell_len(title))
+    for name, justify in columns.items():
+        table.add_column(name, justify=justify)
+    return table
+
+
+def _value_table(title: str, metrics: dict[str, dict[str, float]]) -> Table:
+    """A two-column table opening with one row per split and metric, as train and eval show them."""
+    table = _table(title, {"": "left", "value": "right"})
+    for split, values in metrics.items():
+        for name, value in values.items():
+            table.add_row(f"{split} {name}", f"{value:.4f}")
+    return table
+
+
+def markdown(text: str) -> None:
+    """Markdown as written, bypassing the console: rich would wrap long table rows at the terminal width (or
+    at 80 columns in a pipe) and break them as Markdown."""
+    sys.stdout.write(text)
+
+
+def scores(doc: dict[str, Any], path: Path) -> None:
+    """scores.json: each layer's raw statistic and normalised score, with a bar, then what the probe saw."""
+    if ui.quiet():
+        return
+    where = f" at {doc['site']}" if doc["site"] else ""
+    table = _table(
+        f"{doc['scorer']}{where}: {doc['model']['name']} on {doc['task']['name']}",
+        {"layer": "right", "raw": "right", "score": "right", "": "left"},
+    )
+    for i, (raw, score) in enumerate(zip(doc["raw"], doc["scores"], strict=False)):
+        shown = "undefined" if raw is None else f"{raw:.4g}"
+        table.add_row(str(i), shown, f"{score:.3f}", "#" * round(20 * score))
+    ui.out.print(table)
+    t = doc["timings"]
+    ui.out.print(
+        f"{doc['batches_seen']} batches, {doc['examples_seen']} examples, {doc['tokens_seen']} tokens in "
+        f"{t['probe_s']:.2f}s ({t['per_batch_ms']:.1f} ms/batch) -> {path}"
+    )
+
+
+def selection(doc: dict[str, Any], path: Path) -> None:
+    """selection.json: the ranking with scores and C(k), the chosen layers marked."""
+    plan = Plan.from_doc(doc, str(path))
+    layer_scores = doc["scores"]
+    tau_shown = f", tau={plan.tau}" if plan.tau else ""
+    table = _table(
+        f"layer plan ({plan.rule}): k={plan.k}{tau_shown}",
+        dict.fromkeys(("rank", "layer", "score", "C(k)", "selected"), "right"),
+    )
+    # an explicit plan made without scores has no ranking: its table lists the chosen layers only
+    for position, layer in enumerate(plan.ranking or plan.layers):
+        table.add_row(
+            str(position + 1) if plan.ranking else "",
+            str(layer),
+            f"{layer_scores[layer]:.3f}" if layer_scores else "",
+            f"{plan.cumulative_importance[position]:.3f}" if plan.cumulative_importance else "",
+            "yes" if layer in plan.layers else "",
+        )
+    ui.out.print(table)
+    coverage = "" if plan.coverage is None else f" (share of the score {plan.coverage:.3f})"
+    ui.out.print(f"selected layers {plan.layers}{coverage} -> {path}")
+
+
+def train_summary(doc: dict[str, Any], run_dir: Path) -> None:
+    """train_summary.json: final metrics, trainable share and the cost account."""
+    if ui.quiet():
+        return
+    table = _value_table(
+        f"train: {doc['method']} on {doc['model']['name']}, {doc['task']['name']}, "
+        f"layers {doc['plan']['layers']}",
+        doc["final_metrics"],
+    )
+    table.add_row(
+        "trainable parameters", f"{doc['trainable_parameters']:,} ({100 * doc['trainable_share']:.3f}%)"
+    )
+    table.add_row("steps / epochs", f"{doc['steps']} / {doc['epochs']}")
+    table.add_row("samples/s", f"{doc['samples_per_second']}")
+    ms = doc["mean_step_ms"]
+    table.add_row(
+        "step ms (fwd / bwd / opt)", f"{ms['forward']:.1f} / {ms['backward']:.1f} / {ms['optimizer']:.1f}"
+    )
+    table.add_row("device-hours", f"{doc['device_hours']:.5f} ({doc['device']} x{doc['world_size']})")
+    if doc["peak_memory_mib"] is not None:  # None off CUDA
+        table.add_row("peak memory MiB", f"{doc['peak_memory_mib']}")
+    ui.out.print(table)
+    ui.out.print(f"adapter -> {run_dir / 'adapter'}")
+
+
+def eval_result(doc: dict[str, Any], path: Path) -> None:
+    """eval.json: metrics, then latency and throughput unmerged and merged (or why a mode was skipped)."""
+    if ui.quiet():
+        return
+    table = _value_table(
+        f"eval: {doc['model']['name']} on {doc['task']['name']} ({doc['device']})", doc["metrics"]
+    )
+    timing = doc["timing"]
+    for mode in ("unmerged", "merged"):
+        tm = timing[mode]
+        if "skipped" in tm:
+            table.add_row(mode, tm["skipped"])
+            continue
+        table.add_row(
+            f"latency ms/example p50 / p90 ({mode})",
+            f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}",
+        )
+        table.add_row(f"throughput samples/s ({mode})", f"{tm['throughput_samples_per_s']:.1f}")
+    if "time_to_first_token_ms_p50" in timing:  # decoders only: one prefill forward, batch 1
+        table.add_row(
+            "time to first token ms p50 / p90",
+            f"{timing['time_to_first_token_ms_p50']:.3f} / {timing['time_to_first_token_ms_p90']:.3f}",
+        )
+    ui.out.print(table)
+    ui.out.print(f"-> {path}")
+
+
+def ablation(doc: dict[str, Any]) -> None:
+    """ablation.json: per layer, the metric drop with each part's adapters off, and the importance."""
+    if ui.quiet():
+        return
+    parts = list(doc["drop"])
+    table = _table(
+        f"ablation: {doc['metric']} {doc['full_metric']:.4f} with every adapter on",
+        dict.fromkeys(("layer", *(f"drop {p}" for p in parts), "importance (both)"), "right"),
+    )
+    for i in range(len(doc["drop"]["both"])):
+        table.add_row(
+            str(i), *(f"{doc['drop'][p][i]:+.4f}" for p in parts), f"{doc['importance']['both'][i]:.3f}"
+        )
+    ui.out.print(table)
+
+
+def sweep_plan(doc: dict[str, Any], out: Path) -> None:
+    """A dry run's plan: what each point and each task's probe would run."""
+    table = _table(
+        f"sweep plan: {doc['total']} points in {out} (nothing written)",
+        {"#": "right", "task": "left", "point": "left", "would run": "left"},
+    )
+    for i, p in enumerate(doc["points"], 1):
+        table.add_row(str(i), p["task"], p["name"], p["action"])
+    ui.out.print(table)
+    for task, probe in doc["probes"].items():
+        ui.out.print(f"probe {task}: {probe['action']} ({probe['folder']})")
+
+
+def sweep(doc: dict[str, Any], out: Path) -> None:
+    """sweep.json: one row per point, then each task's comparison (its Markdown, as written)."""
+    columns = {"task": "left", "point": "left", "ran": "left", "metric": "left"}
+    table = _table(
+        f"sweep: {doc['total']} points in {out}",
+        {**columns, "value": "right", "trainable params": "right", "step ms": "right"},
+    )
+    table.columns[1].no_wrap = True  # a point's name is its folder's: keep it whole
+    for p in doc["points"]:
+        table.add_row(
+            p["task"],
+            p["name"],
+            p["action"],
+            p["metric_name"],
+            f"{p['metric']:.4f}",
+            f"{p['trainable_parameters']:,}",
+            f"{p['step_ms']:.1f}",
+        )
+    ui.out.print(table)
+    for task, comparison in doc["comparisons"].items():
+        note = f"\nNote: {comparison['note']}.\n" if comparison["note"] else ""
+        markdown(f"\n## {task}\n{note}\n" + Path(comparison["markdown"]).read_text())
+
+
+def study(out: Path, name: str) -> None:
+    """A study's report: the <out>/<name>.md it wrote."""
+    markdown((out / f"{name}.md").read_text())
+
+
+def data_manifest(manifest: dict[str, Any], root: Path) -> None:
+    """The prepared sentiment data's manifest.json: examples per domain and split."""
+    table = _table(
+        f"packaged sentiment data in {root}", dict.fromkeys(("domain", "train", "validation"), "right")
+    )
+    for domain, counts in manifest["counts"].items():
+        table.add_row(domain, str(counts["train"]), str(counts["validation"]))
+    ui.out.print(table)
+
+
+def resolved_config(cfg: Config) -> None:
+    """A config as config.resolved.yaml holds it."""
+    # verbatim: a value holding [brackets] (a path, a model name) would otherwise be read as rich markup
+    ui.out.print(dump_yaml(cfg), end="", markup=False, highlight=False)
