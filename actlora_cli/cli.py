@@ -226,6 +226,9 @@ def train(
         int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <run>/checkpoints/last.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier run here (set aside until this one ends).")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Train lora.method (LoRA; or adalora, ia3, vera, lokr, loha, full) on the layer plan:
@@ -252,7 +255,7 @@ def train(
         # a k or tau typed here ranks the run's scores now, ahead of an older selection.json; otherwise the
         # run's own plan (rank.layers, --k all, selection.json, or the file's rule on scores.json)
         plan = ranked_now(cfg) if (k not in (None, "all")) or tau is not None else None
-        render.train_summary(run_train(cfg, plan=plan, resume=resume), cfg.run_dir)
+        render.train_summary(run_train(cfg, plan=plan, resume=resume, overwrite=overwrite), cfg.run_dir)
 
 
 @app.command("eval", short_help="Metrics, latency and throughput of the trained run -> <run>/eval.json.")

@@ -124,6 +124,16 @@ def test_help_teaches():
     assert result.exit_code == 0 and "--steps" in text and "--set" in text
 
 
+def test_train_over_a_finished_run_needs_overwrite(tmp_path, bert_cfg):
+    """The refusal names --overwrite: the flag must exist on the command line."""
+    args = ("train", "-c", bert_cfg, "--k", "all", "--max-steps", "1")
+    assert _invoke(*args)[0].exit_code == 0
+    result, text = _invoke(*args)
+    assert result.exit_code == 2 and "--overwrite" in text
+    result, text = _invoke(*args, "--overwrite")
+    assert result.exit_code == 0, text
+
+
 def test_help_and_config_errors_answer_without_torch(tmp_path):
     """Stages (and torch, seconds to import) load only once the config is valid."""
     bad = tmp_path / "bad.yaml"
