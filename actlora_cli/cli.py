@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -82,10 +83,19 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also A
 
 
 @contextlib.contextmanager
-def _handled(debug: bool):
-    """Known errors -> their problems on stderr and exit code 2; unknown ones keep their traceback."""
+def _handled(debug: bool, resume: str | None = None):
+    """Known errors -> their problems on stderr and their exit code (2 bad input, 3 diverged); Ctrl-C -> 130
+    and the command that continues the work (``resume``: 'flag' adds --resume, 'rerun' repeats the command);
+    unknown errors keep their traceback (exit 1)."""
     try:
         yield
+    except KeyboardInterrupt:
+        ui.err.print("[bold red]interrupted[/]")
+        if resume is not None:
+            args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
+            again = "actlora " + shlex.join(args) + (" --resume" if resume == "flag" else "")
+            ui.err.print(f"  continue from the last checkpoint with: {again}")
+        raise typer.Exit(130) from None  # 128 + SIGINT, as shells report it
     except ActloraError as exc:
         if debug or os.environ.get("ACTLORA_DEBUG") == "1":
             raise
@@ -98,8 +108,9 @@ def _handled(debug: bool):
                 f"  [bold]{problem.where}[/]: {problem.what}"
                 + (f"\n    fix: {problem.fix}" if problem.fix else "")
             )
-        # 2, as click's own usage errors: a script can tell "fix the input" from a crash (1, with a traceback)
-        raise typer.Exit(2) from None
+        # 2 (as click's usage errors) for bad input, 3 for a diverged run: a script can tell "fix the input"
+        # and "retry with other settings" from a crash (1, with a traceback)
+        raise typer.Exit(exc.exit_code) from None
     finally:
         # a stage under torchrun leaves a process group: end it even on error (torch warns of one left at
         # exit). Only a stage that ran can have made one; importing torch to find none slows config errors.
@@ -235,7 +246,7 @@ def train(
     <run>/selection.json, or ranked on the fly from scores.json when --k or --tau is given; --k all is every
     layer (the baseline; needs no probe). Writes <run>/adapter (PEFT format; model/ for full), checkpoints/,
     train_log.jsonl and train_summary.json."""
-    with _handled(debug):
+    with _handled(debug, resume="flag"):
         cfg = _config(
             config,
             set_,
@@ -378,7 +389,7 @@ def sweep(
     (probe.seed) for the points with a k. Run it again to resume: finished points are skipped, a trained
     point is only evaluated, an interrupted one resumes from its checkpoint. Ends with a summary and, per
     task, the points compared with LoRA on every layer, seeds as mean ± std (<out>/<task>/comparison.md)."""
-    with _handled(debug):
+    with _handled(debug, resume="rerun"):
         cfg = _config(config, set_, {})
         _quiet_libraries()
         from .sweep import parse_grid, run_sweep

@@ -20,6 +20,8 @@ class Problem:
 class ActloraError(Exception):
     """Base of every error the user can fix; carries one or more problems."""
 
+    exit_code = 2  # the command line's exit status for it (see cli._handled)
+
     def __init__(self, problems: list[Problem] | Problem | str, source: str | None = None):
         if isinstance(problems, str):
             problems = [Problem("actlora", problems)]

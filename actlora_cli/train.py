@@ -49,6 +49,8 @@ from .timing import PhaseTimer
 class NonFiniteLoss(ActloraError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
+    exit_code = 3  # diverged: not bad input, so a script can retry with another lr or precision
+
 
 def lr_lambda(total_steps: int, warmup_steps: int):
     """Linear warm-up reaching the peak at step ``warmup_steps`` (once), then linear decay towards zero:

@@ -269,3 +269,36 @@ def test_compare_refuses_an_eval_of_other_weights(tmp_path, tiny_models, tiny_ta
         compare_runs([cfg.run_dir], cfg.run_dir)
     assert info.value.problems[0].where == str(cfg.run_dir / "eval.json")
     assert "it was trained again" in info.value.problems[0].what
+
+
+# --- exit codes -------------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_exits_130_with_the_resume_command_and_resume_finishes(tmp_path, tiny_models, tiny_task):
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, train={"epochs": 3, "save_every": 2})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = _actlora("train", "-c", str(path))
+    log = cfg.run_dir / "train_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert f"continue from the last checkpoint with: actlora train -c {path} --resume" in out
+    assert "Traceback" not in out
+    assert train.run_train(cfg, resume=True)["steps"] == 36
+
+
+def test_a_diverged_run_exits_3(tmp_path, tiny_models, tiny_task):
+    """Not bad input (2), not a crash (1): a script can retry with another lr or precision."""
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, train={"max_steps": 3, "lr": 1e30, "max_grad_norm": None})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = _actlora("train", "-c", str(path))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 3, out
+    assert "the loss is" in out and "Traceback" not in out
