@@ -12,8 +12,8 @@ BASE=runs/minilm_movies_demo_lora_all
 actlora data fetch
 actlora probe --config "$CFG" -o "$ACT"
 actlora rank  --config "$CFG" -o "$ACT" --k 3
-actlora train --config "$CFG" -o "$ACT"
+actlora train --config "$CFG" -o "$ACT" --overwrite      # a rerun replaces the earlier demo run
 actlora eval  --config "$CFG" -o "$ACT"
-actlora train --config "$CFG" -o "$BASE" --k all
+actlora train --config "$CFG" -o "$BASE" --k all --overwrite
 actlora eval  --config "$CFG" -o "$BASE"
 actlora compare "$ACT" --baseline "$BASE" --out runs/minilm_movies_demo_comparison.json
