@@ -189,6 +189,15 @@ def _actlora(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+def _wait_for_steps(proc: subprocess.Popen, log: Path, steps: int, timeout: float = 240) -> None:
+    """Wait until the training subprocess has logged ``steps`` steps (or ended, or the time is up)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= steps:
+            return
+        time.sleep(0.05)
+
+
 def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_models, tiny_task):
     sections = {"train": {"epochs": 3, "save_every": 2}}
     whole = _cfg(tmp_path, tiny_models, tiny_task, name="whole", **sections)
@@ -198,12 +207,7 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path, tiny_models, 
     path.write_text(yaml.safe_dump(killed.to_dict()))
     proc = _actlora("train", "-c", str(path))
     log = killed.run_dir / "train_log.jsonl"
-    deadline = time.time() + 240
-    # kill once a few checkpoints exist, mid-run (36 steps in all)
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 9:
-            break
-        time.sleep(0.05)
+    _wait_for_steps(proc, log, 9)  # a few checkpoints in, mid-run (36 steps in all)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -279,12 +283,7 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_resume_finishes(tmp_path, 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     proc = _actlora("train", "-c", str(path))
-    log = cfg.run_dir / "train_log.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.05)
+    _wait_for_steps(proc, cfg.run_dir / "train_log.jsonl", 5)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
