@@ -56,6 +56,15 @@ def parse_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+class Invalid(ValueError):
+    """A validator's error with its fix: ``problems_from`` puts ``fix`` in the Problem (a plain ValueError
+    gives a Problem without one)."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(what)
+        self.fix = fix
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -69,15 +78,16 @@ class ModelSection(Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Dtype = Field(
         "auto",
-        description="Weights dtype: fp32, bf16 or fp16. auto: fp32 on CPU, bf16 on CUDA where supported, else fp16.",
+        description="Weights dtype: fp32, bf16 or fp16. auto: fp32 on CPU, bf16 on CUDA where supported, "
+        "else fp16.",
     )
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub. Off unless you trust it."
     )
     quantization: Literal["none", "nf4"] = Field(
         "none",
-        description="nf4: QLoRA base, 4-bit NF4 with double quantisation and bf16 compute (bitsandbytes, CUDA); "
-        "the task head stays out of 4-bit.",
+        description="nf4: QLoRA base, 4-bit NF4 with double quantisation and bf16 compute (bitsandbytes, "
+        "CUDA); the task head stays out of 4-bit.",
     )
     random_init: bool = Field(
         False,
@@ -95,13 +105,13 @@ class ModelSection(Section):
 class TaskSection(Section):
     name: str = Field(
         "movies",
-        description="A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), a packaged sentiment task "
-        "(movies, tweets, amazon, nyt, or <domain>-rating for regression), or 'custom'.",
+        description="A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli), a packaged sentiment "
+        "task (movies, tweets, amazon, nyt, or <domain>-rating for regression), or 'custom'.",
     )
     data_dir: str | None = Field(
         None,
-        description="Folder of local files. For GLUE: the official TSVs (train.tsv, dev.tsv, ...), else the hub is "
-        "used. For packaged tasks: the prepared cache (default: $ACTLORA_CACHE or ~/.cache/actlora).",
+        description="Folder of local files. For GLUE: the official TSVs (train.tsv, dev.tsv, ...), else the "
+        "hub is used. For packaged tasks: the prepared cache (default: $ACTLORA_CACHE or ~/.cache/actlora).",
     )
     files: dict[str, str] | None = Field(
         None, description="custom task: split name -> file (.tsv, .csv, .jsonl/.json, .parquet)."
@@ -126,7 +136,12 @@ class TaskSection(Section):
     @classmethod
     def _dir_exists(cls, v: str | None) -> str | None:
         if v is not None and not Path(v).expanduser().is_dir():
-            raise ValueError(f"folder '{v}' does not exist")
+            raise Invalid(
+                f"folder '{v}' does not exist",
+                "give an existing folder: for a GLUE task one with the official TSVs, for a packaged task "
+                "one prepared by `actlora data fetch --dir FOLDER`; or drop task.data_dir (packaged tasks "
+                "then use the default cache, GLUE tasks the hub)",
+            )
         return v
 
     @field_validator("files")
@@ -137,7 +152,11 @@ class TaskSection(Section):
                 f"{split}: {path}" for split, path in v.items() if not Path(path).expanduser().is_file()
             ]
             if missing:
-                raise ValueError(f"file(s) not found: {', '.join(missing)}")
+                raise Invalid(
+                    f"file(s) not found: {', '.join(missing)}",
+                    "give each split an existing .tsv, .csv, .jsonl/.json or .parquet file "
+                    "(relative paths are read from the folder actlora runs in)",
+                )
         return v
 
     @model_validator(mode="after")
@@ -147,18 +166,24 @@ class TaskSection(Section):
                 k for k in ("files", "text_fields", "label_field", "num_labels") if getattr(self, k) is None
             ]
             if need:
-                raise ValueError(f"a custom task needs task.{', task.'.join(need)}")
+                raise Invalid(
+                    f"a custom task needs task.{', task.'.join(need)}",
+                    "e.g. files: {train: train.csv, validation: dev.csv}, text_fields: [text], "
+                    "label_field: label, num_labels: 2",
+                )
             if not 1 <= len(self.text_fields or []) <= 2:
-                raise ValueError("task.text_fields takes one or two columns")
+                raise Invalid(
+                    "task.text_fields takes one or two columns", "e.g. [sentence] or [premise, hypothesis]"
+                )
         return self
 
 
 class ProbeSection(Section):
     scorer: Literal["activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta"] = Field(
         "activation_norm",
-        description="activation_norm (Act-LoRA); cka (1 - linear CKA of a layer's input and output); grad_norm, "
-        "fisher (sum of squared gradients: the empirical Fisher diagonal), taylor (sum of |w * g|) of the adapted "
-        "projections' weights; weight_delta "
+        description="activation_norm (Act-LoRA); cka (1 - linear CKA of a layer's input and output); "
+        "grad_norm, fisher (sum of squared gradients: the empirical Fisher diagonal), taylor (sum of "
+        "|w * g|) of the adapted projections' weights; weight_delta "
         "(norm of B A from a trained LoRA-on-all-layers adapter, probe.adapter).",
     )
     pooling: Literal["auto", "first", "last", "mean"] = Field(
@@ -172,7 +197,8 @@ class ProbeSection(Section):
     site: Literal["post_attn", "pre_attn", "block_out"] = Field(
         "post_attn",
         description="post_attn: attention output before the residual add (the paper's site); pre_attn: the "
-        "hidden states entering the Q/V projections; block_out: the block's output (flat for post-LN models).",
+        "hidden states entering the Q/V projections; block_out: the block's output (flat for post-LN "
+        "models).",
     )
     steps: int = Field(
         200, ge=1, description="S: number of probe mini-batches (the paper: 200 DeBERTa, 10 Llama)."
@@ -283,10 +309,10 @@ class IA3Options(Section):
 class LoraSection(Section):
     method: Method = Field(
         "lora",
-        description="lora; adalora (rank budget pruned during training); ia3 (learned rescaling vectors); vera "
-        "(shared random projections, trained scaling vectors); lokr / loha (Kronecker / Hadamard products); full "
-        "(every weight of the planned layers trained, plus embeddings when the plan is every layer). All except "
-        "full go through peft and respect the layer plan.",
+        description="lora; adalora (rank budget pruned during training); ia3 (learned rescaling vectors); "
+        "vera (shared random projections, trained scaling vectors); lokr / loha (Kronecker / Hadamard "
+        "products); full (every weight of the planned layers trained, plus embeddings when the plan is every "
+        "layer). All except full go through peft and respect the layer plan.",
     )
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16, gt=0, description="LoRA alpha (scaling = alpha / r).")
@@ -323,8 +349,8 @@ class TrainSection(Section):
     group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
     frozen_dropout: bool = Field(
         True,
-        description="Dropout in the frozen prefix (embeddings and the layers below the lowest adapted layer); "
-        "prefix_cache turns it off and records that.",
+        description="Dropout in the frozen prefix (embeddings and the layers below the lowest adapted "
+        "layer); prefix_cache turns it off and records that.",
     )
     prefix_cache: Literal["off", "memory", "disk"] = Field(
         "off",
@@ -342,7 +368,8 @@ class TrainSection(Section):
     def _accumulation_divides_batch(self) -> TrainSection:
         if self.batch_size % self.grad_accum:
             raise ValueError(
-                f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})"
+                f"train.batch_size ({self.batch_size}) must be a multiple of "
+                f"train.grad_accum ({self.grad_accum})"
             )
         return self
 
@@ -380,8 +407,9 @@ class Config(Section):
         return self.model_dump(mode="json")
 
     def with_overrides(self, values: dict[str, Any]) -> Config:
-        """A validated copy with dotted keys replaced: ``cfg.with_overrides({"probe.seed": 3, "rank.tau": CLEAR})``.
-        The one way every command, sweep point and study derives a config variant; problems raise ConfigError."""
+        """A validated copy with dotted keys replaced:
+        ``cfg.with_overrides({"probe.seed": 3, "rank.tau": CLEAR})``. The one way every command, sweep point
+        and study derives a config variant; problems raise ConfigError."""
         data = self.to_dict()
         for key, value in values.items():
             _set_path(data, key.split("."), None if value is CLEAR else value)
@@ -434,18 +462,45 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([Problem(str(path), "config file not found", _config_hint(path))])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_utf8(path))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(str(path), not_utf8(exc), "save the config as UTF-8 text")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([Problem(str(path), f"not valid YAML{where}", "fix the YAML syntax")]) from None
+    # an empty file (or one of comments only) is refused rather than read as "all defaults": it is more
+    # likely a file that was truncated or never written than a request for the built-in default run
+    if data is None or data == {}:
+        raise ConfigError(
+            [
+                Problem(
+                    str(path),
+                    "empty; a config needs at least one section",
+                    "`actlora config` prints the defaults (without --config it runs them), "
+                    "or start from a shipped config",
+                )
+            ]
+        )
     if not isinstance(data, dict):
         raise ConfigError([Problem(str(path), "the top level must be a mapping of sections", "see README")])
     return data
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's contents; raises UnicodeDecodeError (see ``not_utf8``) for bytes that are not UTF-8."""
+    return Path(path).read_bytes().decode("utf-8")
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What is wrong with a file that is not UTF-8, and where."""
+    byte = exc.object[exc.start]
+    return f"not UTF-8 text (byte 0x{byte:02x} at offset {exc.start}): a binary file, or another encoding"
+
+
 def resolve_config_path(name: str | os.PathLike) -> Path:
-    """A path as given, or a bare file name found under ./configs (so ``--config deberta_sst2.yaml`` works)."""
+    """A path as given, or a bare file name found under ./configs (so ``--config deberta_sst2.yaml``
+    works)."""
     path = Path(name).expanduser()
     if path.is_file() or path.parent != Path("."):
         return path
@@ -525,7 +580,8 @@ def problems_from(exc: ValidationError) -> list[Problem]:
             )
             problems.append(Problem(key, "unknown key", fix))
         elif err["type"] == "value_error":
-            problems.append(Problem(key, str(err["ctx"]["error"]) if "ctx" in err else err["msg"], ""))
+            error = err.get("ctx", {}).get("error")
+            problems.append(Problem(key, str(error) if error is not None else err["msg"], _fix_of(error)))
         else:
             fix = _expected(loc)
             problems.append(Problem(key, f"{err['msg']} (got {err.get('input')!r})", fix))
@@ -538,6 +594,10 @@ def problems_from(exc: ValidationError) -> list[Problem]:
         else:
             merged[p.where] = p
     return list(merged.values())
+
+
+def _fix_of(error: object) -> str:
+    return error.fix if isinstance(error, Invalid) else ""
 
 
 def _section_at(loc: list[str]) -> type[BaseModel] | None:

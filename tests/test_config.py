@@ -164,10 +164,39 @@ def test_top_level_must_be_a_mapping(tmp_path):
         load_config(path)
 
 
-def test_empty_file_gives_defaults(tmp_path):
+@pytest.mark.parametrize("text", ["", "# model:\n#   name: x\n", "{}\n"])
+def test_empty_file_is_refused(tmp_path, text):
+    """An empty file is more likely truncated or never written than a request for the defaults (which a run
+    without --config gives)."""
     path = tmp_path / "empty.yaml"
-    path.write_text("")
-    assert load_config(path) == Config()
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.where == str(path) and problem.what == "empty; a config needs at least one section"
+    assert "actlora config" in problem.fix
+
+
+def test_config_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  lr: 1e-4  # taux d'apprentissage élevé\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.where == str(path) and problem.what.startswith("not UTF-8 text (byte 0xe9 at offset")
+    assert problem.fix == "save the config as UTF-8 text"
+
+
+def test_missing_data_dir_and_files_come_with_a_fix(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(values={"task.data_dir": str(tmp_path / "nowhere")})
+    (problem,) = info.value.problems
+    assert problem.where == "task.data_dir" and "actlora data fetch" in problem.fix
+    with pytest.raises(ConfigError) as info:
+        load_config(values={"task.name": "custom", "task.files": {"train": "nope.csv"}})
+    (problem,) = info.value.problems
+    assert problem.where == "task.files" and problem.what == "file(s) not found: train: nope.csv"
+    assert problem.fix.startswith("give each split an existing")
 
 
 def test_config_file_not_found_lists_shipped_configs(tmp_path):
