@@ -27,8 +27,9 @@ def read_scores(cfg: Config) -> dict[str, Any]:
 def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
     """The config's rule (rank.k, rank.tau or rank.layers) applied to a scores document."""
     r = cfg.rank
+    undefined = scores_doc.get("undefined_layers") or ()  # a scorer's undefined layers are ranked last
     if r.layers is not None:
-        return explicit(r.layers, scores_doc["scores"])
+        return explicit(r.layers, scores_doc["scores"], undefined)
     if r.k is None and r.tau is None:
         raise ConfigError(
             [
@@ -39,7 +40,7 @@ def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
                 )
             ]
         )
-    return select(scores_doc["scores"], k=r.k, tau=r.tau)
+    return select(scores_doc["scores"], k=r.k, tau=r.tau, undefined=undefined)
 
 
 def resolve_plan(cfg: Config, num_layers: int) -> Plan:

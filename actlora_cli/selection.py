@@ -4,6 +4,7 @@ k_tau = min{k : C(k) >= tau}."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,14 +27,16 @@ def min_max(values: list[float | None]) -> tuple[list[float], bool]:
     return [0.0 if v is None else (v - lo) / (hi - lo) for v in values], False
 
 
-def ranking(scores: list[float]) -> list[int]:
-    """Layer indices by descending score; ties go to the lower layer index (deterministic)."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+def ranking(scores: list[float], undefined: Collection[int] = ()) -> list[int]:
+    """Layer indices by descending score; ties go to the lower layer index (deterministic). Layers a scorer
+    left ``undefined`` (CKA's embedding pair) come last: min-max gives them the same 0 as the least-scoring
+    defined layer, and the index tie-break alone would put a low undefined layer first among those."""
+    return sorted(range(len(scores)), key=lambda i: (i in undefined, -scores[i], i))
 
 
-def cumulative_importance(scores: list[float]) -> list[float]:
-    """C(k) for k = 1..L."""
-    ordered = [scores[i] for i in ranking(scores)]
+def cumulative_importance(scores: list[float], undefined: Collection[int] = ()) -> list[float]:
+    """C(k) for k = 1..L, over the ranking."""
+    ordered = [scores[i] for i in ranking(scores, undefined)]
     total = sum(ordered)
     if total <= 0:
         return [(k + 1) / len(ordered) for k in range(len(ordered))]
@@ -44,8 +47,8 @@ def cumulative_importance(scores: list[float]) -> list[float]:
     return curve
 
 
-def k_for_tau(scores: list[float], tau: float) -> int:
-    curve = cumulative_importance(scores)
+def k_for_tau(scores: list[float], tau: float, undefined: Collection[int] = ()) -> int:
+    curve = cumulative_importance(scores, undefined)
     return next(k for k, c in enumerate(curve, start=1) if c >= tau - _TAU_SLACK)
 
 
@@ -109,16 +112,19 @@ def _coverage(scores: list[float], layers: list[int]) -> float:
     return len(layers) / len(scores) if total <= 0 else sum(scores[i] for i in layers) / total
 
 
-def select(scores: list[float], k: int | str | None = None, tau: float | None = None) -> Plan:
-    """Top-k layers, the least k reaching tau, or every layer (k='all'). Exactly one of k, tau."""
+def select(
+    scores: list[float], k: int | str | None = None, tau: float | None = None, undefined: Collection[int] = ()
+) -> Plan:
+    """Top-k layers, the least k reaching tau, or every layer (k='all'). Exactly one of k, tau. Layers in
+    ``undefined`` are ranked last (chosen only when k reaches them)."""
     n = len(scores)
-    order, curve = ranking(scores), cumulative_importance(scores)
+    order, curve = ranking(scores, undefined), cumulative_importance(scores, undefined)
     if (k is None) == (tau is None):
         raise ConfigError(
             [Problem("rank.k / rank.tau", "give exactly one of them", "e.g. --k 3, --k all, or --tau 0.5")]
         )
     if tau is not None:
-        chosen, rule = k_for_tau(scores, tau), "tau"
+        chosen, rule = k_for_tau(scores, tau, undefined), "tau"
     elif k == "all":
         chosen, rule = n, "all"
     else:
@@ -136,12 +142,15 @@ def every_layer(num_layers: int) -> Plan:
     return Plan(list(range(num_layers)), num_layers, None, "all", None, None, 1.0)
 
 
-def explicit(layers: list[int], scores: list[float] | None = None) -> Plan:
+def explicit(
+    layers: list[int], scores: list[float] | None = None, undefined: Collection[int] = ()
+) -> Plan:
     """The layers a user named (rank.layers); with scores, the ranking and the share of the score they
     cover."""
     layers = sorted(layers)
     if scores is None:
         return Plan(layers, len(layers), None, "explicit", None, None, None)
-    plan = Plan(layers, len(layers), None, "explicit", ranking(scores), cumulative_importance(scores), None)
+    order, curve = ranking(scores, undefined), cumulative_importance(scores, undefined)
+    plan = Plan(layers, len(layers), None, "explicit", order, curve, None)
     plan.check_fits(len(scores), "rank.layers")
     return replace(plan, coverage=_coverage(scores, layers))

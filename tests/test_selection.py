@@ -153,3 +153,39 @@ def test_curve_and_k_tau_properties_on_random_scores():
             assert k == 1 or exact[k - 2] < Fraction(float(tau))  # minimal
             plan = select(scores, tau=float(tau))
             assert plan.layers == sorted(ranking(scores)[:k])
+
+
+# CKA leaves layer 0 undefined (None: score 0 after min-max, like the least-dissimilar defined layer 2); these
+# are the committed results/studies/minilm/scores/cka_seed0 scores
+CKA_SCORES = [0.0, 0.39749027195706205, 0.0, 0.3266601009543332, 0.5913499628013996, 1.0]
+
+
+@pytest.mark.parametrize("k", range(1, 7))
+def test_an_undefined_layer_is_chosen_last_at_every_k(k):
+    plan = select(CKA_SCORES, k=k, undefined=[0])
+    assert plan.ranking == [5, 4, 1, 3, 2, 0]
+    assert (0 in plan.layers) == (k == 6)
+    assert plan.layers == sorted([5, 4, 1, 3, 2, 0][:k])
+    # without the information, the index tie-break would pick the undefined layer 0 before layer 2 at k = 5
+    assert select(CKA_SCORES, k=5).layers == [0, 1, 3, 4, 5]
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0])
+def test_an_undefined_layer_is_never_needed_to_reach_tau(tau):
+    plan = select(CKA_SCORES, tau=tau, undefined=[0])
+    assert 0 not in plan.layers
+    # tau = 1.0 takes every layer with a positive score: here 4, as min-max also gives the least-dissimilar
+    # defined layer 0
+    assert tau < 1.0 or plan.layers == [1, 3, 4, 5]
+
+
+def test_rank_stage_ranks_a_scorers_undefined_layers_last(tmp_path):
+    from actlora_cli import artifacts
+    from actlora_cli.config import load_config
+    from actlora_cli.rank import run_rank
+
+    cfg = load_config(values={"output_dir": str(tmp_path), "rank.k": 5})
+    payload = {"scores": CKA_SCORES, "undefined_layers": [0], "scorer": "cka", "site": None,
+               "model": {"name": cfg.model.name, "num_layers": 6}, "task": {"name": "movies"}}  # fmt: skip
+    artifacts.write_artifact(tmp_path / "scores.json", "scores", payload)
+    assert run_rank(cfg)["layers"] == [1, 2, 3, 4, 5]
