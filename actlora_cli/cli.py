@@ -1,6 +1,6 @@
 """The ``actlora`` command line: thin commands over stage functions, shared option aliases, and one place
-that turns known errors into a message and exit code 2. Each command reads options -> config -> stage ->
-render; what it shows is in render.py.
+that turns known errors into a message and an exit code (2 bad input, 3 diverged, 130 interrupted). Each
+command reads options -> config -> stage -> render; what it shows is in render.py.
 
 Stages are imported inside the commands so that ``--help`` and config errors answer without loading torch.
 """
@@ -152,8 +152,11 @@ def _rule_values(k: str | None, tau: float | None, layers: str | None) -> dict[s
 
 
 def _config(config: Path | None, overrides: list[str] | None, values: dict[str, Any]) -> Config:
+    """The resolved config: defaults < file (--config, else $ACTLORA_CONFIG) < --set < typed flags."""
+    # $ACTLORA_CONFIG lets a job script set the config once for a chain of stages (probe, rank, train, eval)
     if config is None and os.environ.get("ACTLORA_CONFIG"):
         config = Path(os.environ["ACTLORA_CONFIG"])
+    # typed flags go in as values, not as --set strings: a value is never re-parsed as YAML ('1e-4', '3,4')
     return load_config(config, overrides, values)
 
 
