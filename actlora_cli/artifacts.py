@@ -10,9 +10,11 @@ import platform
 import socket
 import tempfile
 import time
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
+from .config import not_utf8, read_utf8
 from .errors import ArtifactError, Problem
 
 SCHEMA_VERSION = 1
@@ -27,6 +29,26 @@ KINDS = {
     "study": ("<study>.json", "actlora study"),
     "sweep": ("sweep.json", "actlora sweep"),
     "comparison": ("<report>.json", "actlora compare --out"),
+}
+
+# kind -> {key: type}: the keys every reader of the kind may rely on, checked by read_artifact. A nested dict
+# is a nested mapping; float accepts whole numbers (never booleans); list[T] / dict[str, T] check every item;
+# T | None allows null. Every one of these has been written since schema version 1 (a key added later is
+# read with .get and a default, and is not listed here).
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "scores": {"model": {"name": str, "num_layers": int}, "scores": list[float]},
+    "selection": {
+        "model": {"name": str},
+        "layers": list[int],
+        "k": int,
+        "tau": float | None,
+        "rule": str,
+        "ranking": list[int] | None,
+        "cumulative_importance": list[float] | None,
+        "coverage": float | None,
+    },
+    "train_summary": {"model": {"name": str, "num_layers": int}, "plan": {"layers": list[int]}},
+    "eval": {"model": {"name": str}, "metrics": dict[str, dict[str, float]]},
 }
 
 
@@ -130,7 +152,12 @@ def read_artifact(path: Path, kind: str, model_name: str | None = None) -> dict[
     if not path.is_file():
         raise ArtifactError(Problem(str(path), f"no {kind} file", f"run `{maker}` with this config first"))
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_utf8(path))
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(Problem(str(path), not_utf8(exc), f"re-run `{maker}`")) from None
+    except OSError as exc:
+        what = f"cannot be read ({exc.strerror or exc})"
+        raise ArtifactError(Problem(str(path), what, "check the file's permissions")) from None
     except json.JSONDecodeError as exc:
         raise ArtifactError(Problem(str(path), f"not valid JSON ({exc.msg})", f"re-run `{maker}`")) from None
     if not isinstance(doc, dict) or doc.get("kind") != kind:
@@ -147,7 +174,8 @@ def read_artifact(path: Path, kind: str, model_name: str | None = None) -> dict[
             )
         )
     if model_name is not None:
-        made_for = (doc.get("model") or {}).get("name")
+        model = doc.get("model")
+        made_for = model.get("name") if isinstance(model, dict) else None
         if made_for != model_name:
             raise ArtifactError(
                 Problem(
@@ -157,4 +185,78 @@ def read_artifact(path: Path, kind: str, model_name: str | None = None) -> dict[
                     "or point output_dir at the run made for this model",
                 )
             )
+    wrong = schema_problem(doc, SCHEMAS.get(kind, {})) or consistency_problem(kind, doc)
+    if wrong:
+        raise ArtifactError(
+            Problem(str(path), wrong, f"re-run `{maker}` (the file was edited, damaged or made elsewhere)")
+        )
     return doc
+
+
+def schema_problem(doc: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> str | None:
+    """What in ``doc`` breaks ``schema`` (see SCHEMAS), or None."""
+    for key, expected in schema.items():
+        name = prefix + key
+        if key not in doc:
+            return f"'{name}' is missing"
+        value = doc[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                return f"'{name}' must be a mapping, found {_shown(value)}"
+            nested = schema_problem(value, expected, f"{name}.")
+            if nested:
+                return nested
+        elif not _fits(value, expected):
+            return f"'{name}' must be {_describe(expected)}, found {_shown(value)}"
+    return None
+
+
+def consistency_problem(kind: str, doc: dict[str, Any]) -> str | None:
+    """What contradicts itself in a well-formed ``doc``, or None: a scores vector must have one score per
+    layer of the model it records."""
+    if kind == "scores" and len(doc["scores"]) != doc["model"]["num_layers"]:
+        scored, layers = len(doc["scores"]), doc["model"]["num_layers"]
+        return f"{scored} layer scores, but its model record says the model has {layers} layers"
+    return None
+
+
+def _fits(value: Any, expected: Any) -> bool:
+    origin = get_origin(expected)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, option) for option in get_args(expected))
+    if origin is list:
+        return isinstance(value, list) and all(_fits(item, get_args(expected)[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(item, get_args(expected)[1]) for item in value.values())
+    if expected is None or expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+_NAMES = {str: "text", int: "a whole number", float: "a number", dict: "a mapping", list: "a list"}
+
+
+def _describe(expected: Any) -> str:
+    origin = get_origin(expected)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(option) for option in get_args(expected))
+    if origin is list:
+        return f"a list of {_plural(get_args(expected)[0])}"
+    if origin is dict:
+        return f"a mapping to {_plural(get_args(expected)[1])}"
+    if expected is type(None):
+        return "null"
+    return _NAMES.get(expected, getattr(expected, "__name__", str(expected)))
+
+
+def _plural(expected: Any) -> str:
+    return {str: "texts", int: "whole numbers", float: "numbers"}.get(expected) or _describe(expected)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

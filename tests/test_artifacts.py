@@ -167,10 +167,85 @@ def test_model_mismatch_names_both_models_and_the_fixes(tmp_path):
 
 def test_model_check_without_model_in_artifact(tmp_path):
     path = tmp_path / "eval.json"
-    write_artifact(path, "eval", {"accuracy": 0.9})
-    assert read_artifact(path, "eval")["accuracy"] == 0.9
+    write_artifact(path, "eval", {"metrics": {"validation": {"accuracy": 0.9}}})
     with pytest.raises(ArtifactError, match="made for model 'None'"):
         read_artifact(path, "eval", model_name="m")
+    with pytest.raises(ArtifactError, match="'model' is missing"):
+        read_artifact(path, "eval")
+
+
+# --- the schema every reader gets --------------------------------------------------------------------------
+
+GOOD = {
+    "scores": PAYLOAD,
+    "selection": {
+        "model": {"name": "m"}, "layers": [1, 3], "k": 2, "tau": None, "rule": "top_k", "ranking": [3, 1, 0],
+        "cumulative_importance": [0.5, 1.0, 1.0], "coverage": 1.0, "scores": [0.2, 0.8, 0.0],
+    },
+    "train_summary": {"model": {"name": "m", "num_layers": 6}, "plan": {"layers": [4, 5]}, "method": "lora"},
+    "eval": {"model": {"name": "m"}, "metrics": {"validation": {"accuracy": 0.5, "f1": 1}}},
+}  # fmt: skip
+
+
+def test_schema_covers_the_kinds_readers_check():
+    assert set(artifacts.SCHEMAS) == set(GOOD) == {"scores", "selection", "train_summary", "eval"}
+
+
+@pytest.mark.parametrize("kind", list(GOOD))
+def test_well_formed_artifacts_pass(tmp_path, kind):
+    path = tmp_path / f"{kind}.json"
+    write_artifact(path, kind, GOOD[kind])
+    assert read_artifact(path, kind)["model"] == GOOD[kind]["model"]
+
+
+def _without(doc: dict, key: str) -> dict:
+    return {k: v for k, v in doc.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("kind", "doc", "what"),
+    [
+        ("scores", _without(PAYLOAD, "scores"), "'scores' is missing"),
+        ("scores", {**PAYLOAD, "scores": ["high"] * 6}, "'scores' must be a list of numbers, found"),
+        ("scores", {**PAYLOAD, "scores": [True] * 6}, "'scores' must be a list of numbers, found"),
+        ("scores", {**PAYLOAD, "model": {"name": "m"}}, "'model.num_layers' is missing"),
+        ("scores", {**PAYLOAD, "model": "m"}, "'model' must be a mapping, found \"m\""),
+        ("scores", {**PAYLOAD, "scores": [0.5] * 12}, "12 layer scores, but its model record says the model"),
+        ("selection", _without(GOOD["selection"], "layers"), "'layers' is missing"),
+        ("selection", {**GOOD["selection"], "layers": "1,3"}, "'layers' must be a list of whole numbers"),
+        ("selection", {**GOOD["selection"], "layers": [1.0, 3]}, "'layers' must be a list of whole numbers"),
+        ("selection", {**GOOD["selection"], "tau": "0.5"}, "'tau' must be a number or null"),
+        ("train_summary", _without(GOOD["train_summary"], "plan"), "'plan' is missing"),
+        (
+            "train_summary",
+            {**GOOD["train_summary"], "plan": {"layers": None}},
+            "'plan.layers' must be a list",
+        ),
+        (
+            "eval",
+            {**GOOD["eval"], "metrics": {"validation": 0.5}},
+            "'metrics' must be a mapping to a mapping",
+        ),
+    ],
+)
+def test_schema_problems_name_the_file_and_key(tmp_path, kind, doc, what):
+    path = tmp_path / f"{kind}.json"
+    write_artifact(path, kind, doc)
+    with pytest.raises(ArtifactError) as info:
+        read_artifact(path, kind)
+    where, message, fix = _only_problem(info)
+    assert where == str(path) and message.startswith(what), message
+    assert fix.startswith(f"re-run `{KINDS[kind][1]}`")
+
+
+def test_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "scores.json"
+    path.write_bytes(b'{"kind": "scores", "note": "\xe9"}')
+    with pytest.raises(ArtifactError) as info:
+        read_artifact(path, "scores")
+    where, what, fix = _only_problem(info)
+    assert where == str(path) and what.startswith("not UTF-8 text (byte 0xe9 at offset 28)")
+    assert fix == "re-run `actlora probe`"
 
 
 def test_file_hash(tmp_path):
