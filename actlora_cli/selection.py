@@ -92,8 +92,16 @@ class Plan:
         return cls(**{name: doc[name] for name in PLAN_FIELDS})
 
     def check_fits(self, num_layers: int, source: str) -> None:
-        """Every planned layer exists in a model of ``num_layers`` layers (``source`` names the plan's
-        origin)."""
+        """Every planned layer exists in a model of ``num_layers`` layers, and the scores behind the plan (its
+        ranking) were made for a model of that many layers (``source`` names the plan's origin)."""
+        if self.ranking is not None and len(self.ranking) != num_layers:
+            raise ArtifactError(
+                Problem(
+                    source,
+                    f"made from scores of {len(self.ranking)} layers, but the model has {num_layers} layers",
+                    "run `actlora probe` and `actlora rank` for this model",
+                )
+            )
         outside = [i for i in self.layers if not 0 <= i < num_layers]
         if outside:
             raise ConfigError(
@@ -142,9 +150,7 @@ def every_layer(num_layers: int) -> Plan:
     return Plan(list(range(num_layers)), num_layers, None, "all", None, None, 1.0)
 
 
-def explicit(
-    layers: list[int], scores: list[float] | None = None, undefined: Collection[int] = ()
-) -> Plan:
+def explicit(layers: list[int], scores: list[float] | None = None, undefined: Collection[int] = ()) -> Plan:
     """The layers a user named (rank.layers); with scores, the ranking and the share of the score they
     cover."""
     layers = sorted(layers)

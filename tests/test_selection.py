@@ -8,7 +8,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from actlora_cli.errors import ConfigError
+from actlora_cli.errors import ArtifactError, ConfigError
 from actlora_cli.selection import cumulative_importance, k_for_tau, min_max, ranking, select
 
 HAND = [0.0, 1.0, 0.5, 0.25]  # sorted 1, .5, .25, 0; total 1.75
@@ -189,3 +189,16 @@ def test_rank_stage_ranks_a_scorers_undefined_layers_last(tmp_path):
                "model": {"name": cfg.model.name, "num_layers": 6}, "task": {"name": "movies"}}  # fmt: skip
     artifacts.write_artifact(tmp_path / "scores.json", "scores", payload)
     assert run_rank(cfg)["layers"] == [1, 2, 3, 4, 5]
+
+
+def test_a_plan_from_another_models_scores_does_not_fit():
+    """Top-3 of 12 scores can name only layers a 6-layer model has; the ranking's length still tells the
+    scores were made for another model."""
+    plan = select([12.0 - i for i in range(12)], k=3)
+    assert plan.layers == [0, 1, 2]
+    with pytest.raises(ArtifactError) as info:
+        plan.check_fits(6, "run/scores.json (k=3, tau=None)")
+    (problem,) = info.value.problems
+    assert problem.where == "run/scores.json (k=3, tau=None)"
+    assert problem.what == "made from scores of 12 layers, but the model has 6 layers"
+    plan.check_fits(12, "run/scores.json")
