@@ -275,8 +275,22 @@ def load_domain_split(spec: TaskSpec, split: str, data_dir: str | None) -> Examp
 
 def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
     """Examples of ``split``: hub (GLUE online), GLUE TSVs in task.data_dir, packaged cache, or custom
-    files."""
+    files. A split without examples is a DataError naming where it was read from (a probe would otherwise
+    wait forever for a first batch)."""
     limit = cfg.max_train_examples if split == cfg.train_split else cfg.max_eval_examples
+    examples, where = _read_split(cfg, spec, split)
+    if len(examples) == 0:
+        fix = (
+            f"add examples below the header, or point task.files.{split} at another file"
+            if spec.source == "custom"
+            else "prepare the data again (for a packaged task: `actlora data fetch --force`)"
+        )
+        raise DataError(Problem(where, f"split '{split}' has no examples", fix))
+    return examples.head(limit)
+
+
+def _read_split(cfg: TaskSection, spec: TaskSpec, split: str) -> tuple[Examples, str]:
+    """Every example of ``split``, and where they were read from."""
     if spec.source == "custom":
         assert cfg.files is not None
         if split not in cfg.files:
@@ -284,9 +298,11 @@ def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
                 Problem("task.files", f"no file for split '{split}'", f"splits given: {', '.join(cfg.files)}")
             )
         path = Path(cfg.files[split]).expanduser()
-        return _frame_to_examples(read_table(path), spec, str(path)).head(limit)
+        return _frame_to_examples(read_table(path), spec, str(path)), str(path)
     if spec.source == "packaged":
-        return load_domain_split(spec, split, cfg.data_dir).head(limit)
+        domain = spec.name.removesuffix("-rating")
+        where = str(sentiment_data.cache_dir(cfg.data_dir) / domain / f"{split}.jsonl")
+        return load_domain_split(spec, split, cfg.data_dir), where
     if cfg.data_dir is not None:
         if split not in spec.tsv_files:
             raise DataError(
@@ -306,8 +322,8 @@ def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
                 )
             )
         frame = read_table(path, header=spec.tsv_header, columns=spec.tsv_columns)
-        return _frame_to_examples(frame, spec, str(path)).head(limit)
-    return _load_hub(spec, split).head(limit)
+        return _frame_to_examples(frame, spec, str(path)), str(path)
+    return _load_hub(spec, split), f"{HUB_GLUE}/{spec.name}/{split}"
 
 
 def _load_hub(spec: TaskSpec, split: str) -> Examples:

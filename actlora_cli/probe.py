@@ -10,6 +10,7 @@ from . import artifacts, runfolder, ui
 from .config import Config
 from .data import Encoded, batch_indices, collate, encoded_split, shard, task_spec
 from .distributed import setup
+from .errors import DataError, Problem
 from .modeling import Loaded, load_for
 from .scoring import SCORERS
 from .selection import min_max
@@ -22,7 +23,16 @@ def probe_batches(
     every rank a share is skipped."""
     produced, epoch = 0, 0  # the same global batches on every rank: each then takes its share
     while produced < steps:
-        for indices in batch_indices(len(data), batch_size, shuffle=True, seed=seed + epoch, min_size=world):
+        batches = batch_indices(len(data), batch_size, shuffle=True, seed=seed + epoch, min_size=world)
+        if not batches:  # a pass without a batch would repeat forever
+            raise DataError(
+                Problem(
+                    "task.train_split",
+                    f"{len(data)} example(s) cannot make a probe batch for {world} process(es)",
+                    "use a split with more examples, or fewer processes",
+                )
+            )
+        for indices in batches:
             if produced == steps:
                 return
             yield indices

@@ -295,6 +295,32 @@ def test_custom_missing_column_names_columns_present(tmp_path):
     assert problem.fix == "columns present: premise, hyp, y, extra"
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet"])
+def test_split_without_examples_names_the_file_and_split(tmp_path, fmt):
+    """A header and no rows: refused here, where the file is known (the probe would wait forever for its first
+    batch)."""
+    path = tmp_path / f"dev.{fmt}"
+    if fmt == "parquet":
+        CUSTOM.head(0).to_parquet(path)
+    else:
+        _write(path, ("\t" if fmt == "tsv" else ",").join(CUSTOM.columns) + "\n")
+    CUSTOM.to_csv(tmp_path / "train.csv", index=False)
+    cfg = _custom({"train": tmp_path / "train.csv", "dev": path})
+    with pytest.raises(DataError) as info:
+        load_examples(cfg, task_spec(cfg), "dev")
+    (problem,) = info.value.problems
+    assert (problem.where, problem.what) == (str(path), "split 'dev' has no examples")
+    assert problem.fix == "add examples below the header, or point task.files.dev at another file"
+    assert len(load_examples(cfg, task_spec(cfg), "train")) == 3
+
+
+def test_glue_split_without_examples(tmp_path):
+    _write(tmp_path / "dev.tsv", "sentence\tlabel\n")
+    with pytest.raises(DataError, match="split 'validation' has no examples") as info:
+        _glue(tmp_path, "sst2", "validation")
+    assert info.value.problems[0].where == str(tmp_path / "dev.tsv")
+
+
 def test_custom_label_outside_range(tmp_path):
     path = tmp_path / "d.jsonl"
     CUSTOM.to_json(path, orient="records", lines=True)

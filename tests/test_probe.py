@@ -180,3 +180,16 @@ def test_probe_runs_without_grad_and_leaves_weights(tiny_models):
     activation_norms(model, arch, iter(_batches(tok)), "post_attn", torch.device("cpu"))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(("examples", "world"), [(0, 1), (1, 2)])
+def test_probe_batches_refuse_a_split_that_makes_no_batch(examples, world):
+    """No batch in a pass (no examples, or fewer than the ranks) would have the probe loop forever."""
+    from actlora_cli.data import Encoded
+    from actlora_cli.errors import DataError
+    from actlora_cli.probe import probe_batches
+
+    data = Encoded([[1, 2]] * examples, None, torch.zeros(examples, dtype=torch.long), 0)
+    with pytest.raises(DataError, match=f"{examples} example\\(s\\) cannot make a probe batch for {world}"):
+        next(probe_batches(data, steps=3, batch_size=8, seed=0, world=world))
+    assert len(list(probe_batches(Encoded([[1]] * 3, None, torch.zeros(3), 0), 5, 2, 0))) == 5
