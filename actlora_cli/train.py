@@ -477,9 +477,10 @@ def run_train(
     t, per_epoch = cfg.train, run.steps_per_epoch
     timer = PhaseTimer(run.ctx.device)
     loop_start = time.perf_counter() - totals.train_seconds  # a resumed run's clock continues
-    log = run.log_path.open("a") if run.ctx.is_main else None
     run.ddp_model.train()
-    with ui.progress("train", run.total_steps) as advance:
+    # the log is appended to (a resumed run continues it) by rank 0 only, and closed on any exit
+    log_file = run.log_path.open("a") if run.ctx.is_main else nullcontext()
+    with ui.progress("train", run.total_steps) as advance, log_file as log:
         advance(step)
         while step < run.total_steps:
             epoch = step // per_epoch
@@ -507,8 +508,6 @@ def run_train(
                     checkpoint(run, step, totals, keep_step_copy=epoch_done)
                 if step >= run.total_steps:
                     break
-    if log is not None:
-        log.close()
     totals.train_seconds = time.perf_counter() - loop_start
     if run.cache is not None:
         run.prefix["cache"] = {"store": t.prefix_cache, **run.cache.report()}
