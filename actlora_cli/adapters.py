@@ -171,12 +171,18 @@ def apply_method(
         from peft import get_peft_model
 
         config, settings = peft_config(arch, lora, layers, total_steps)
+        if lora.method == "ia3":
+            if lora.ia3.targets:
+                check_targets(model, arch, "lora.ia3.targets", lora.ia3.targets)
+        else:
+            check_targets(model, arch, "lora.targets", lora.targets)
         try:
             wrapped = get_peft_model(model, config)
-        except ValueError as err:  # e.g. a method peft cannot put on a 4-bit layer
-            raise ModelError(
-                Problem("lora.method", f"peft cannot apply {lora.method} here: {err}", "")
-            ) from None
+        except ValueError as err:  # e.g. a method peft cannot put on a 4-bit layer, or on a module type
+            key = "lora.ia3.targets" if lora.method == "ia3" else "lora.targets"
+            where = key if "target module" in str(err).lower() else "lora.method"
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(Problem(where, f"peft cannot apply {lora.method} here: {first}", "")) from None
         adapted = Adapted(wrapped, lora.method, layers, settings)
     upcast_trainable(adapted.model)
     return adapted
@@ -257,6 +263,36 @@ def peft_config(arch: Architecture, lora: LoraSection, layers: list[int], total_
             modules_to_save=placement["modules_to_save"],
         ), settings
     raise AssertionError(method)
+
+
+def check_targets(model: nn.Module, arch: Architecture, key: str, targets: list[str]) -> None:
+    """Every target (a logical name or a module-name suffix, see ``target_suffixes``) names, as peft matches
+    names, only leaf modules (projections) inside the model's layers; otherwise a ModelError on ``key`` that
+    lists what the layers have. (peft would blame the method, or print a whole block it cannot wrap.)"""
+    layer = model.get_submodule(arch.layer_path(0))
+    modules = [(name, module) for name, module in layer.named_modules() if name]
+
+    def names_projections(suffix: str) -> bool:
+        found = [m for name, m in modules if name == suffix or name.endswith("." + suffix)]
+        return bool(found) and not any(any(True for _ in m.children()) for m in found)
+
+    bad = [
+        target
+        for target, suffix in zip(targets, target_suffixes(arch, targets), strict=True)
+        if not names_projections(suffix)
+    ]
+    if bad:
+        logical = ", ".join(f"{name} = {arch.relative(name)}" for name in arch.projections)
+        linear = ", ".join(name for name, module in modules if isinstance(module, nn.Linear))
+        raise ModelError(
+            Problem(
+                key,
+                f"{', '.join(repr(t) for t in bad)} {'names' if len(bad) == 1 else 'name'} no projection in "
+                f"the layers of this {arch.model_type} model",
+                f"use its projections by name ({logical}) or the name (or suffix) of a module in a layer; "
+                f"its linear modules: {linear}",
+            )
+        )
 
 
 def ia3_targets(arch: Architecture, lora: LoraSection) -> tuple[list[str], list[str]]:
