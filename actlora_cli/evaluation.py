@@ -7,17 +7,21 @@ measures: swapping adapters is the point of keeping them separate) and merged in
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from . import artifacts, metrics, runfolder, ui
-from .config import Config
+from .checkpoints import last_checkpoint
+from .config import Config, read_utf8
 from .data import Encoded, TaskSpec, batch_indices, collate, encoded_split, eval_splits, shard, task_spec
 from .distributed import Dist, setup
 from .errors import ArtifactError, Problem
@@ -137,17 +141,59 @@ def load_trained(cfg: Config, num_labels: int, ctx: Dist):
                     "evaluate with the training config",
                 )
             )
+    check_weights(cfg, weights)
     if full:
         tuned = cfg.model.model_copy(update={"name": str(weights), "revision": None, "random_init": False})
         loaded = load_for(cfg.model, num_labels, ctx.device, model_cfg=tuned)  # the base's tokenizer
         return loaded, loaded.model.eval()
     loaded = load_for(cfg.model, num_labels, ctx.device)
-    with warnings.catch_warnings():
-        # peft >= 0.21 checks rank_pattern keys as module names; AdaLoRA's keys name its lora_E masks, which
-        # peft applies on load all the same (the reload tests compare logits), so the warning is a false alarm
-        warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
-        model = PeftModel.from_pretrained(loaded.model, str(weights)).to(ctx.device).eval()
+    try:
+        with warnings.catch_warnings():
+            # peft >= 0.21 checks rank_pattern keys as module names; AdaLoRA's keys name its lora_E masks,
+            # which peft applies on load all the same (the reload tests compare logits): a false alarm
+            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+            model = PeftModel.from_pretrained(loaded.model, str(weights)).to(ctx.device).eval()
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        # files that read back but do not fit: another model's adapter (tensor shapes), a config peft rejects
+        raise damaged(cfg, weights, f"{type(exc).__name__}: {_first_line(exc)}") from None
     return loaded, model
+
+
+def check_weights(cfg: Config, weights: Path) -> None:
+    """Every JSON and safetensors file of the trained weights reads back, and an adapter config is a peft
+    config; otherwise an ArtifactError naming the damaged file (peft and transformers would raise a
+    JSONDecodeError, SafetensorError, KeyError or a hub-id validation error that names none)."""
+    for path in sorted(weights.iterdir()):
+        try:
+            if path.suffix == ".json":
+                doc = json.loads(read_utf8(path))
+                if path.name == "adapter_config.json" and not (
+                    isinstance(doc, dict) and isinstance(doc.get("peft_type"), str)
+                ):
+                    raise ValueError("not a peft adapter config (no peft_type)")
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    handle.keys()
+        except (OSError, ValueError, SafetensorError) as exc:  # decode errors (UTF-8, JSON) are ValueErrors
+            raise damaged(cfg, path, f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def damaged(cfg: Config, path: Path, reason: str) -> ArtifactError:
+    """The error for trained weights that cannot be loaded, with the ways to get good ones back."""
+    what = "model" if cfg.lora.method == "full" else "adapter"
+    fix = "re-train it (`actlora train --overwrite` with the run's config)"
+    last = last_checkpoint(cfg.run_dir / "checkpoints")
+    if last is not None:
+        where = last.relative_to(cfg.run_dir)
+        fix += (
+            f", or write it again from {where}: `actlora train --resume` with the flags it was trained with"
+        )
+    return ArtifactError(Problem(str(path), f"the trained {what} is damaged ({reason})", fix))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 @runfolder.exclusive
