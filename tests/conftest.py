@@ -21,13 +21,13 @@ FAMILIES = ("bert", "roberta", "deberta-v2", "llama", "mistral", "qwen2")
 NUM_LAYERS = 4
 
 
-def _config(family: str, vocab_size: int, hidden: int = 32):
+def _config(family: str, vocab_size: int, hidden: int = 32, layers: int = NUM_LAYERS):
     import transformers as tf
 
     common = {
         "vocab_size": vocab_size,
         "hidden_size": hidden,
-        "num_hidden_layers": NUM_LAYERS,
+        "num_hidden_layers": layers,
         "num_attention_heads": 4,
         "intermediate_size": 2 * hidden,
         "max_position_embeddings": 96,
@@ -52,15 +52,23 @@ def _config(family: str, vocab_size: int, hidden: int = 32):
 
 
 def make_tiny_model(
-    root: Path, family: str, seed: int = 0, dropout: float | None = None, hidden: int = 32
+    root: Path,
+    family: str,
+    seed: int = 0,
+    dropout: float | None = None,
+    hidden: int = 32,
+    layers: int = NUM_LAYERS,
 ) -> Path:
-    """A random-weight sequence classifier of ``family`` with 4 layers, saved as a model folder.
+    """A random-weight sequence classifier of ``family`` with ``layers`` layers (4), saved as a model folder.
     ``dropout=0`` turns the model's own dropout off (runs then depend on data order only); ``hidden`` must be
     a multiple of 64 for bitsandbytes' 4-bit CPU inference kernels."""
     folder = root / (
-        family + ("" if dropout is None else f"-dropout{dropout}") + ("" if hidden == 32 else f"-h{hidden}")
+        family
+        + ("" if dropout is None else f"-dropout{dropout}")
+        + ("" if hidden == 32 else f"-h{hidden}")
+        + ("" if layers == NUM_LAYERS else f"-L{layers}")
     )
-    config = _config(family, len(tokenizer(False)), hidden)
+    config = _config(family, len(tokenizer(False)), hidden, layers)
     if dropout is not None:
         for key in (
             "hidden_dropout_prob",
@@ -82,6 +90,13 @@ def make_tiny_model(
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_models")
     return {family: make_tiny_model(root, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def six_layer_bert(tmp_path_factory) -> Path:
+    """A tiny BERT with 6 layers: room for a top-heavy plan (3, 4, 5) above a frozen prefix, and a model that
+    a 12-layer scores.json cannot belong to."""
+    return make_tiny_model(tmp_path_factory.mktemp("six"), "bert", layers=6)
 
 
 @pytest.fixture(scope="session")

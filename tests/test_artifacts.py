@@ -44,11 +44,11 @@ def test_write_then_read_round_trip(tmp_path):
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
-    path = tmp_path / "selection.json"
+    path = tmp_path / "out.txt"
     atomic_write_text(path, "first\n")
     atomic_write_text(path, "second\n")
     assert path.read_text() == "second\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["selection.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
 def test_failed_replace_keeps_the_old_file(tmp_path, monkeypatch):
@@ -142,7 +142,7 @@ def test_wrong_kind(tmp_path, content, found):
 
 @pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, 0, None])
 def test_wrong_schema_version(tmp_path, version):
-    path = tmp_path / "selection.json"
+    path = tmp_path / "doc.json"  # the reader's own test: a plan is never written by hand to steer a run
     path.write_text(json.dumps({"kind": "selection", "schema_version": version, "layers": [1]}))
     with pytest.raises(ArtifactError) as info:
         read_artifact(path, "selection")
@@ -229,7 +229,7 @@ def _without(doc: dict, key: str) -> dict:
     ],
 )
 def test_schema_problems_name_the_file_and_key(tmp_path, kind, doc, what):
-    path = tmp_path / f"{kind}.json"
+    path = tmp_path / f"{kind}-doc.json"  # malformed on purpose: only the reader sees it
     write_artifact(path, kind, doc)
     with pytest.raises(ArtifactError) as info:
         read_artifact(path, kind)

@@ -17,25 +17,10 @@ import yaml
 from typer.testing import CliRunner
 
 from actlora_cli.cli import app
-from actlora_cli.synthetic import save_model, tokenizer
 from tests.conftest import tiny_config
 
 runner = CliRunner()
 SIX = 6
-
-
-@pytest.fixture(scope="module")
-def six_layer_bert(tmp_path_factory):
-    """A random tiny BERT with 6 layers (a 12-layer scores.json cannot belong to it)."""
-    import transformers as tf
-
-    config = tf.BertConfig(
-        vocab_size=len(tokenizer(False)), hidden_size=32, num_hidden_layers=SIX, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=96, pad_token_id=0,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("six") / "bert6"
-    save_model(folder, config, decoder=False, seed=0)
-    return folder
 
 
 def _invoke(*args: str):

@@ -16,25 +16,10 @@ from actlora_cli.config import CLEAR, Config, load_config
 from actlora_cli.errors import ArtifactError, ConfigError
 from actlora_cli.rank import resolve_plan
 from actlora_cli.selection import Plan, every_layer, explicit, select
-from actlora_cli.synthetic import save_model, tokenizer
 from tests.conftest import tiny_config
 
 runner = CliRunner()
 SIX = 6
-
-
-@pytest.fixture(scope="module")
-def six_layer_bert(tmp_path_factory):
-    """A random tiny BERT with 6 layers, so that --layers 3,4,5 is a top-heavy plan leaving 3 layers below."""
-    import transformers as tf
-
-    config = tf.BertConfig(
-        vocab_size=len(tokenizer(False)), hidden_size=32, num_hidden_layers=SIX, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=96, pad_token_id=0,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("six") / "bert6"
-    save_model(folder, config, decoder=False, seed=0)
-    return folder
 
 
 def _invoke(*args):
