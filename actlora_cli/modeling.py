@@ -164,6 +164,22 @@ def load_tokenizer(cfg: ModelSection):
     return tok
 
 
+def declared_layers(cfg: ModelSection) -> int | None:
+    """The layer count the model's config declares, read without loading weights; None where the config
+    cannot be had here (a hub id offline, a model without ``num_hidden_layers``): callers then check later."""
+    from transformers import AutoConfig
+
+    try:
+        source = resolve_source(cfg)
+        config = AutoConfig.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except Exception:  # noqa: BLE001 (offline, gated, unknown: the full load reports it properly)
+        return None
+    layers = getattr(config, "num_hidden_layers", None)
+    return layers if isinstance(layers, int) else None
+
+
 def load_model(
     cfg: ModelSection, num_labels: int, device: torch.device, pad_token_id: int | None = None
 ) -> nn.Module:

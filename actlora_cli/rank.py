@@ -20,6 +20,22 @@ def _selection_path(cfg: Config):
     return cfg.run_dir / "selection.json"
 
 
+def _check_layer_count(cfg: Config, scores_doc: dict[str, Any]) -> None:
+    """Scores for another depth than the configured model's make a plan of layers it lacks: refused here, from
+    the model's config alone (no weights), when that config can be read; train checks against the model."""
+    from .modeling import declared_layers
+
+    layers = declared_layers(cfg.model)
+    if layers is not None and len(scores_doc["scores"]) != layers:
+        raise ArtifactError(
+            Problem(
+                str(_scores_path(cfg)),
+                f"{len(scores_doc['scores'])} layer scores, but {cfg.model.name} has {layers} layers",
+                "re-run `actlora probe` for this model, or point output_dir at the run made for it",
+            )
+        )
+
+
 def read_scores(cfg: Config) -> dict[str, Any]:
     return artifacts.read_artifact(_scores_path(cfg), "scores", model_name=cfg.model.name)
 
@@ -100,6 +116,8 @@ def run_rank(cfg: Config) -> dict[str, Any]:
     coverage is recorded)."""
     explicit_only = cfg.rank.layers is not None and not _scores_path(cfg).is_file()
     scores_doc = None if explicit_only else read_scores(cfg)
+    if scores_doc is not None:
+        _check_layer_count(cfg, scores_doc)
     plan = explicit(cfg.rank.layers) if scores_doc is None else plan_from_scores(cfg, scores_doc)
     source = scores_doc or {}
     payload = {

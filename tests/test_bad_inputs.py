@@ -151,6 +151,14 @@ def scores_12_layers_for_6_layer_model(env: Env):
 
 
 @case("probed")
+def scores_of_12_layer_model_at_rank(env: Env):
+    """A consistent 12-layer scores.json under this model's name: rank reads the model's config (no weights)
+    and refuses it, rather than plan layers 9, 10, 11 of a 6-layer model."""
+    path = env.edit("scores.json", lambda doc: _twelve_layers(doc, 12))
+    return ["rank", "-c", env.config(), "--k", "3"], [str(path), "12 layer scores", f"has {SIX} layers"]
+
+
+@case("probed")
 def scores_of_12_layer_model_at_train(env: Env):
     """A consistent 12-layer scores.json under this model's name: only the loaded model can tell."""
     path = env.edit("scores.json", lambda doc: _twelve_layers(doc, 12))

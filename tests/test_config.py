@@ -325,3 +325,9 @@ def test_config_hash_ignores_where_the_run_is_written():
     a = Config.model_validate({"output_dir": "runs/a"})
     assert a.hash() == Config.model_validate({"output_dir": "/elsewhere/b"}).hash()
     assert a.hash() != Config.model_validate({"output_dir": "runs/a", "train": {"seed": 1}}).hash()
+
+
+def test_an_override_without_a_key_is_a_clean_error():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["=3"])
+    assert info.value.problems[0].where == "--set =3" and "no key" in info.value.problems[0].what

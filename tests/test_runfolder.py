@@ -301,3 +301,12 @@ def test_a_diverged_run_exits_3(tmp_path, tiny_models, tiny_task):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 3, out
     assert "the loss is" in out and "Traceback" not in out
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, tiny_models, tiny_task):
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, train={"max_steps": 1})
+    cfg.run_dir.write_text("not a folder")
+    with pytest.raises(ConfigError) as info:
+        train.run_train(cfg)
+    assert info.value.problems[0].where == "output_dir" and "is a file" in info.value.problems[0].what
+    assert cfg.run_dir.read_text() == "not a folder"
