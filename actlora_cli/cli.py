@@ -57,7 +57,7 @@ ConfigOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--set", "-s", help="Override any key: --set train.lr=1e-4 --set lora.targets=[q,k,v]. Repeatable."
+        "--set", "-s", help="Override any key: --set train.lr=1e-4 --set lora.targets=\\[q,k,v]. Repeatable."
     ),
 ]
 OutputOpt = Annotated[str | None, typer.Option("--output-dir", "-o", help="Run folder (output_dir).")]
