@@ -75,6 +75,15 @@ LayersOpt = Annotated[
         "--layers", help="An explicit plan: comma-separated layer indices, e.g. 3,4,5 (rank.layers)."
     ),
 ]
+StrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--strategy",
+        help="Which k layers: scores (the probe's top-k), inverse (its bottom-k), or by position with no "
+        "probe: last, first, uniform, random (rank.strategy).",
+    ),
+]
+RankSeedOpt = Annotated[int | None, typer.Option("--seed", help="The random strategy's seed (rank.seed).")]
 TauOpt = Annotated[
     float | None,
     typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau)."),
@@ -213,13 +222,19 @@ def rank(
     k: KOpt = None,
     tau: TauOpt = None,
     layers: LayersOpt = None,
+    strategy: StrategyOpt = None,
+    seed: RankSeedOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Turn <run>/scores.json into a layer plan: the top-k layers (--k), the least k whose cumulative
-    importance C(k) reaches --tau, or the layers you name (--layers 3,4,5; scores.json optional, and when it
-    is there the plan's share of the score is recorded). Writes <run>/selection.json with the C(k) curve."""
+    importance C(k) reaches --tau, or the layers you name (--layers 3,4,5). --strategy last, first, uniform
+    or random chooses the k layers by position instead (the plans guidance has to beat), inverse takes the
+    bottom-k; these and --layers need no scores.json, and when it is there the plan's share of the score is
+    recorded.
+    Writes <run>/selection.json with the C(k) curve."""
     with _handled(debug):
-        cfg = _config(config, set_, {"output_dir": output_dir, **_rule_values(k, tau, layers)})
+        values = {"output_dir": output_dir, "rank.strategy": strategy, "rank.seed": seed}
+        cfg = _config(config, set_, {**values, **_rule_values(k, tau, layers)})
         from .rank import run_rank
 
         render.selection(run_rank(cfg), cfg.run_dir / "selection.json")
@@ -233,6 +248,7 @@ def train(
     k: KOpt = None,
     tau: TauOpt = None,
     layers: LayersOpt = None,
+    strategy: StrategyOpt = None,
     seed: SeedOpt = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="train.epochs")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="train.lr")] = None,
@@ -259,6 +275,7 @@ def train(
                 "train.epochs": epochs,
                 "train.lr": lr,
                 "train.max_steps": max_steps,
+                "rank.strategy": strategy,
                 **_rule_values(k, tau, layers),
             },
         )
@@ -267,8 +284,10 @@ def train(
         from .train import run_train
 
         # a k or tau typed here ranks the run's scores now, ahead of an older selection.json; otherwise the
-        # run's own plan (rank.layers, --k all, selection.json, or the file's rule on scores.json)
-        plan = ranked_now(cfg) if (k not in (None, "all")) or tau is not None else None
+        # run's own plan (rank.layers, --k all, a plan by position, selection.json, or the file's rule on
+        # scores.json)
+        typed_rule = k not in (None, "all") or tau is not None
+        plan = ranked_now(cfg) if typed_rule and cfg.rank.strategy in ("scores", "inverse") else None
         render.train_summary(run_train(cfg, plan=plan, resume=resume, overwrite=overwrite), cfg.run_dir)
 
 

@@ -39,6 +39,11 @@ Dtype = Annotated[
 Method = Literal["lora", "adalora", "ia3", "vera", "lokr", "loha", "full"]
 METHODS: tuple[str, ...] = get_args(Method)
 
+# How rank.k layers are chosen: from the probe's scores (the guided plan, or its inverse), or by position
+# alone, the plans a guided one has to beat at equal k (these need no probe).
+Strategy = Literal["scores", "last", "first", "uniform", "inverse", "random"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
 
 class Clear:
     """The value of a typed flag that unsets a key (``--k 3`` clears ``rank.tau``), as opposed to ``None``,
@@ -230,6 +235,13 @@ class RankSection(Section):
         min_length=1,
         description="An explicit plan: these layer indices (0-based), no scores needed (--layers 3,4,5).",
     )
+    strategy: Strategy = Field(
+        "scores",
+        description="How rank.k layers are chosen: scores (the top-k of the probe's scores), inverse (the "
+        "bottom-k), or with no probe: last, first, uniform (the centres of k equal spans of the stack), "
+        "random (k drawn with rank.seed).",
+    )
+    seed: int = Field(0, description="Seed of the random strategy's draw.")
 
     @field_validator("layers")
     @classmethod
@@ -256,6 +268,11 @@ class RankSection(Section):
             shown = ", ".join(f"{key}={value}" for key, value in given.items())
             raise ValueError(
                 f"give one of rank.k, rank.tau and rank.layers, not several ({shown}); drop all but one"
+            )
+        if self.strategy != "scores" and self.k is None:
+            raise ValueError(
+                f"rank.strategy={self.strategy} chooses rank.k layers: give rank.k (tau and layers need "
+                "the scores strategy)"
             )
         return self
 

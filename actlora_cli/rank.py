@@ -9,7 +9,7 @@ from typing import Any
 from . import artifacts, runfolder
 from .config import Config
 from .errors import ArtifactError, ConfigError, Problem
-from .selection import Plan, every_layer, explicit, select
+from .selection import POSITIONAL, Plan, by_strategy, every_layer, explicit, select
 
 
 def _scores_path(cfg: Config):
@@ -36,12 +36,28 @@ def _check_layer_count(cfg: Config, scores_doc: dict[str, Any]) -> None:
         )
 
 
+def _model_layers(cfg: Config) -> int:
+    """The configured model's layer count, from its config (a plan by position without a probe)."""
+    from .modeling import declared_layers
+
+    layers = declared_layers(cfg.model)
+    if layers is None:
+        raise ArtifactError(
+            Problem(
+                str(_scores_path(cfg)),
+                f"no scores, and the layer count of {cfg.model.name} cannot be read from its config here",
+                "run `actlora probe` first, or name the layers with --layers",
+            )
+        )
+    return layers
+
+
 def read_scores(cfg: Config) -> dict[str, Any]:
     return artifacts.read_artifact(_scores_path(cfg), "scores", model_name=cfg.model.name)
 
 
 def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
-    """The config's rule (rank.k, rank.tau or rank.layers) applied to a scores document."""
+    """The config's rule (rank.k with rank.strategy, rank.tau or rank.layers) applied to a scores document."""
     r = cfg.rank
     undefined = scores_doc.get("undefined_layers") or ()  # a scorer's undefined layers are ranked last
     if r.layers is not None:
@@ -56,7 +72,10 @@ def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
                 )
             ]
         )
-    return select(scores_doc["scores"], k=r.k, tau=r.tau, undefined=undefined)
+    if r.tau is not None:
+        return select(scores_doc["scores"], tau=r.tau, undefined=undefined)
+    scores = scores_doc["scores"]
+    return by_strategy(r.strategy, r.k, len(scores), r.seed, scores, undefined)
 
 
 def resolve_plan(cfg: Config, num_layers: int) -> Plan:
@@ -67,6 +86,9 @@ def resolve_plan(cfg: Config, num_layers: int) -> Plan:
         plan, source = explicit(cfg.rank.layers), "rank.layers"
     elif cfg.rank.k == "all":
         plan, source = every_layer(num_layers), "all layers"
+    elif cfg.rank.strategy in POSITIONAL:  # chosen by position: no scores needed
+        r = cfg.rank
+        plan, source = by_strategy(r.strategy, r.k, num_layers, r.seed), f"rank.strategy={r.strategy}"
     elif _selection_path(cfg).is_file():
         plan, source = read_selection(cfg), str(_selection_path(cfg))
     elif cfg.rank.k is None and cfg.rank.tau is None:
@@ -111,14 +133,20 @@ def read_selection(cfg: Config) -> Plan:
 
 @runfolder.exclusive
 def run_rank(cfg: Config) -> dict[str, Any]:
-    """Choose the layers and write ``selection.json``; returns the document. The rule is the config's: k or
-    tau over the run's ``scores.json``, or explicit ``rank.layers`` (scores optional: with them, the plan's
-    coverage is recorded)."""
-    explicit_only = cfg.rank.layers is not None and not _scores_path(cfg).is_file()
-    scores_doc = None if explicit_only else read_scores(cfg)
+    """Choose the layers and write ``selection.json``; returns the document. The rule is the config's: k (by
+    rank.strategy) or tau over the run's ``scores.json``, or explicit ``rank.layers``. A plan by position
+    (last, first, uniform, random) or by name needs no scores; with them, its ranking and share of the score
+    are recorded."""
+    r = cfg.rank
+    scoreless = r.layers is not None or (r.strategy in POSITIONAL and r.k != "all")
+    scores_doc = read_scores(cfg) if not scoreless or _scores_path(cfg).is_file() else None
     if scores_doc is not None:
         _check_layer_count(cfg, scores_doc)
-    plan = explicit(cfg.rank.layers) if scores_doc is None else plan_from_scores(cfg, scores_doc)
+        plan = plan_from_scores(cfg, scores_doc)
+    elif r.layers is not None:
+        plan = explicit(r.layers)
+    else:
+        plan = by_strategy(r.strategy, r.k, _model_layers(cfg), r.seed)
     source = scores_doc or {}
     payload = {
         **plan.to_doc(),

@@ -68,8 +68,10 @@ def selection(doc: dict[str, Any], path: Path) -> None:
     plan = Plan.from_doc(doc, str(path))
     layer_scores = doc["scores"]
     tau_shown = f", tau={plan.tau}" if plan.tau else ""
+    how = plan.rule if plan.strategy in (None, "scores") else f"{plan.strategy} k"
+    seed_shown = f", seed {plan.seed}" if plan.seed is not None else ""
     table = _table(
-        f"layer plan ({plan.rule}): k={plan.k}{tau_shown}",
+        f"layer plan ({how}): k={plan.k}{tau_shown}{seed_shown}",
         dict.fromkeys(("rank", "layer", "score", "C(k)", "selected"), "right"),
     )
     # an explicit plan made without scores has no ranking: its table lists the chosen layers only

@@ -4,6 +4,7 @@ k_tau = min{k : C(k) >= tau}."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
@@ -53,7 +54,22 @@ def k_for_tau(scores: list[float], tau: float, undefined: Collection[int] = ()) 
 
 
 # The plan's fields, in the order selection.json lists them (its other fields are provenance: scores, scorer).
-PLAN_FIELDS = ("layers", "k", "tau", "rule", "ranking", "cumulative_importance", "coverage")
+PLAN_FIELDS = (
+    "layers",
+    "k",
+    "tau",
+    "rule",
+    "ranking",
+    "cumulative_importance",
+    "coverage",
+    "strategy",
+    "seed",
+)
+# fields a plan written before they existed lacks, and what they meant then
+_LATER_FIELDS = {"strategy": "scores", "seed": None}
+
+# Strategies that choose by position alone: no probe behind them (the plans a guided one must beat)
+POSITIONAL = ("last", "first", "uniform", "random")
 
 
 @dataclass(frozen=True)
@@ -64,10 +80,13 @@ class Plan:
     layers: list[int]
     k: int
     tau: float | None
-    rule: str  # top_k | tau | all | explicit
-    ranking: list[int] | None  # layers by descending score; None for an explicit plan made without scores
+    rule: str  # how many: top_k (a given k) | tau | all | explicit
+    ranking: list[int] | None  # layers by descending score; None for a plan made without scores
     cumulative_importance: list[float] | None  # C(k) for k = 1..L, over the same scores
     coverage: float | None  # the plan's share of the total score (C(k) for a top-k plan)
+    # which k (rank.strategy): scores | inverse | last | first | uniform | random; None for all / explicit
+    strategy: str | None = "scores"
+    seed: int | None = None  # the random strategy's draw
     source: str = ""  # where it came from (a file, a flag), for reports; not part of the JSON form
 
     def to_doc(self) -> dict[str, Any]:
@@ -77,6 +96,7 @@ class Plan:
     def from_doc(cls, doc: dict[str, Any], source: str) -> Plan:
         """Read a plan back (selection.json); a missing or mistyped field is an ArtifactError naming
         ``source``."""
+        doc = {**_LATER_FIELDS, **doc}
         missing = [name for name in PLAN_FIELDS if name not in doc]
         layers = doc.get("layers")
         bad = (
@@ -147,7 +167,57 @@ def select(
 
 def every_layer(num_layers: int) -> Plan:
     """LoRA on every layer (k='all'): no scores behind it, so no ranking."""
-    return Plan(list(range(num_layers)), num_layers, None, "all", None, None, 1.0)
+    return Plan(list(range(num_layers)), num_layers, None, "all", None, None, 1.0, strategy=None)
+
+
+def _check_k(k: int, num_layers: int) -> None:
+    if not 1 <= k <= num_layers:
+        fix = f"choose k in 1..{num_layers} or 'all'"
+        raise ConfigError([Problem("rank.k", f"k={k} but the model has {num_layers} layers", fix)])
+
+
+def positional_layers(strategy: str, k: int, num_layers: int, seed: int = 0) -> list[int]:
+    """k of ``num_layers`` layers chosen by position: the last k, the first k, the centres of k equal spans
+    of the stack (uniform: 1, 3, 5 of 6 for k = 3), or k drawn at random with ``seed``."""
+    _check_k(k, num_layers)
+    if strategy == "last":
+        return list(range(num_layers - k, num_layers))
+    if strategy == "first":
+        return list(range(k))
+    if strategy == "uniform":
+        # span i is [i L/k, (i+1) L/k); its centre, floored. Spans are at least one layer wide: all distinct.
+        return [(2 * i + 1) * num_layers // (2 * k) for i in range(k)]
+    if strategy == "random":
+        return sorted(random.Random(seed).sample(range(num_layers), k))
+    raise ValueError(f"not a positional strategy: {strategy}")
+
+
+def by_strategy(
+    strategy: str,
+    k: int | str,
+    num_layers: int,
+    seed: int = 0,
+    scores: list[float] | None = None,
+    undefined: Collection[int] = (),
+) -> Plan:
+    """rank.k layers by ``strategy`` (see config.RankSection.strategy). The scores strategies need
+    ``scores``; the positional ones record, when scores are given, the ranking and the share they cover."""
+    if k == "all":
+        return every_layer(num_layers)
+    assert isinstance(k, int)
+    if strategy in ("scores", "inverse") and scores is None:
+        raise ConfigError(
+            [Problem("rank.strategy", f"{strategy} needs the probe's scores", "run `actlora probe` first")]
+        )
+    if strategy == "scores":
+        return select(scores, k=k, undefined=undefined)
+    if strategy == "inverse":
+        _check_k(k, len(scores))
+        layers = sorted(ranking(scores, undefined)[-k:])
+    else:
+        layers = positional_layers(strategy, k, num_layers, seed)
+    plan = replace(explicit(layers, scores, undefined), rule="top_k", strategy=strategy)
+    return replace(plan, seed=seed) if strategy == "random" else plan
 
 
 def explicit(layers: list[int], scores: list[float] | None = None, undefined: Collection[int] = ()) -> Plan:
@@ -155,8 +225,8 @@ def explicit(layers: list[int], scores: list[float] | None = None, undefined: Co
     cover."""
     layers = sorted(layers)
     if scores is None:
-        return Plan(layers, len(layers), None, "explicit", None, None, None)
+        return Plan(layers, len(layers), None, "explicit", None, None, None, strategy=None)
     order, curve = ranking(scores, undefined), cumulative_importance(scores, undefined)
-    plan = Plan(layers, len(layers), None, "explicit", order, curve, None)
+    plan = Plan(layers, len(layers), None, "explicit", order, curve, None, strategy=None)
     plan.check_fits(len(scores), "rank.layers")
     return replace(plan, coverage=_coverage(scores, layers))

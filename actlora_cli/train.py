@@ -583,7 +583,8 @@ def summary(run: Run, step: int, totals: Totals, started: float, weights_hash: s
         "model": run.arch.identity(cfg.model.name),
         "task": {"name": run.spec.name, "train_examples": len(run.train_data)},
         "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule,
-                 "source": plan.source, "ranks_agreeing": run.ranks_agreeing},
+                 "strategy": plan.strategy, "seed": plan.seed, "source": plan.source,
+                 "ranks_agreeing": run.ranks_agreeing},
         "method": cfg.lora.method,
         "method_settings": run.adapted.settings,
         "weights_hash": weights_hash,  # eval.json records the hash it measured: compare checks they agree

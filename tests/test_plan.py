@@ -15,7 +15,7 @@ from actlora_cli.cli import _rule_values, app
 from actlora_cli.config import CLEAR, Config, load_config
 from actlora_cli.errors import ArtifactError, ConfigError
 from actlora_cli.rank import resolve_plan
-from actlora_cli.selection import Plan, every_layer, explicit, select
+from actlora_cli.selection import Plan, by_strategy, every_layer, explicit, select
 from tests.conftest import tiny_config
 
 runner = CliRunner()
@@ -53,7 +53,11 @@ def test_train_layers_345_end_to_end(tmp_path, six_layer_bert, tiny_task):
     assert summary["plan"]["layers"] == [3, 4, 5] and summary["plan"]["rule"] == "explicit"
     assert summary["plan"]["source"] == "rank.layers"
     resolved = yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())
-    assert resolved["rank"] == {"k": None, "tau": None, "layers": [3, 4, 5]}
+    assert {k: resolved["rank"][k] for k in ("k", "tau", "layers")} == {
+        "k": None,
+        "tau": None,
+        "layers": [3, 4, 5],
+    }
     weights = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
     adapted = {int(name.split(".layer.")[1].split(".")[0]) for name in weights if "lora_" in name}
     assert adapted == {3, 4, 5}
@@ -180,3 +184,81 @@ def test_plan_document_without_layers_is_an_artifact_error(doc, fragment):
     with pytest.raises(ArtifactError, match=fragment) as info:
         Plan.from_doc(doc, "run/selection.json")
     assert info.value.problems[0].where == "run/selection.json"
+
+
+# --- plans that need no guidance: the strategies a guided plan must beat at equal k ------------------------
+
+
+@pytest.mark.parametrize(
+    ("strategy", "k", "layers", "expected"),
+    [
+        ("last", 3, 6, [3, 4, 5]),
+        ("first", 3, 6, [0, 1, 2]),
+        ("uniform", 3, 6, [1, 3, 5]),  # the centres of [0, 2), [2, 4), [4, 6)
+        ("uniform", 2, 6, [1, 4]),  # of [0, 3), [3, 6): 1.5 and 4.5, floored
+        ("uniform", 1, 6, [3]),
+        ("uniform", 6, 6, [0, 1, 2, 3, 4, 5]),
+        ("uniform", 6, 30, [2, 7, 12, 17, 22, 27]),  # spans of 5 layers, centres at 2.5 + 5 i
+        ("last", 6, 30, [24, 25, 26, 27, 28, 29]),
+    ],
+)
+def test_positional_strategies_hand_worked(strategy, k, layers, expected):
+    plan = by_strategy(strategy, k, layers)
+    assert plan.layers == expected and plan.k == k and plan.strategy == strategy and plan.rule == "top_k"
+    assert plan.ranking is None and plan.coverage is None  # nothing guided it
+
+
+def test_a_random_plan_is_reproducible_from_its_seed():
+    draws = [tuple(by_strategy("random", 3, 6, seed=seed).layers) for seed in range(200)]
+    assert by_strategy("random", 3, 6, seed=7).layers == list(draws[7])  # the same seed, the same plan
+    assert all(len(set(d)) == 3 and all(0 <= i < 6 for i in d) and list(d) == sorted(d) for d in draws)
+    assert len(set(draws)) == 20  # 200 seeds reach every one of the C(6, 3) = 20 plans
+    assert by_strategy("random", 3, 6, seed=7).seed == 7 and by_strategy("last", 3, 6).seed is None
+
+
+def test_inverse_takes_the_bottom_k_and_positional_plans_record_their_share():
+    scores = [0.2, 1.0, 0.0, 0.6, 0.3, 0.9]
+    inverse = by_strategy("inverse", 3, 6, scores=scores)
+    assert inverse.layers == [0, 2, 4] and inverse.coverage == pytest.approx(0.5 / 3.0)
+    last = by_strategy("last", 3, 6, scores=scores)
+    assert last.layers == [3, 4, 5] and last.coverage == pytest.approx(1.8 / 3.0)
+    assert last.ranking == [1, 5, 3, 4, 0, 2]  # the guided ranking beside it, for comparison
+    with pytest.raises(ConfigError, match="needs the probe's scores"):
+        by_strategy("inverse", 3, 6)
+    with pytest.raises(ConfigError, match="k=7 but the model has 6 layers"):
+        by_strategy("last", 7, 6)
+
+
+def test_strategy_needs_k():
+    with pytest.raises(ConfigError, match="rank.strategy=last chooses rank.k layers"):
+        load_config(values={"rank.strategy": "last", "rank.tau": 0.5})
+    assert load_config(values={"rank.strategy": "last", "rank.k": 2}).rank.strategy == "last"
+
+
+def test_rank_and_train_by_position_need_no_probe(tmp_path, six_layer_bert, tiny_task):
+    cfg = _cfg_file(tmp_path, six_layer_bert, tiny_task, train={"max_steps": 1})
+    result, text = _invoke("rank", "-c", cfg, "--strategy", "random", "--k", "2", "--seed", "5")
+    assert result.exit_code == 0, text
+    sel = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert (sel["strategy"], sel["seed"], sel["k"]) == ("random", 5, 2)
+    assert sel["layers"] == by_strategy("random", 2, SIX, seed=5).layers and sel["scores"] is None
+    result, text = _invoke("train", "-c", cfg, "--strategy", "uniform", "--k", "3")
+    assert result.exit_code == 0, text
+    plan = json.loads((tmp_path / "run" / "train_summary.json").read_text())["plan"]
+    assert (plan["layers"], plan["strategy"], plan["source"]) == (
+        [1, 3, 5],
+        "uniform",
+        "rank.strategy=uniform",
+    )
+
+
+def test_guided_and_inverse_plans_come_from_the_probe(tmp_path, six_layer_bert, tiny_task):
+    cfg = _cfg_file(tmp_path, six_layer_bert, tiny_task)
+    assert _invoke("probe", "-c", cfg, "--steps", "2")[0].exit_code == 0
+    scores = json.loads((tmp_path / "run" / "scores.json").read_text())["scores"]
+    order = sorted(range(SIX), key=lambda i: (-scores[i], i))
+    for strategy, expected in (("scores", sorted(order[:2])), ("inverse", sorted(order[-2:]))):
+        result, text = _invoke("rank", "-c", cfg, "--strategy", strategy, "--k", "2")
+        assert result.exit_code == 0, text
+        sel = json.loads((tmp_path / "run" / "selection.json").read_text())
+        assert sel["layers"] == expected and sel["strategy"] == strategy
