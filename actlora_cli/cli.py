@@ -402,12 +402,22 @@ def sweep(
     tasks: Annotated[
         str | None, typer.Option("--tasks", help="Comma-separated task.name values (default: the config's).")
     ] = None,
+    strategies: Annotated[
+        str | None,
+        typer.Option(
+            "--strategies",
+            help="Comma-separated rank.strategy values: scores (guided), inverse, last, first, uniform, "
+            "random (default: the config's). Each k is trained with each.",
+        ),
+    ] = None,
+    draws: Annotated[int, typer.Option("--draws", help="Random plans per k (rank.seed 0..N-1).")] = 1,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the points and what each would run; write nothing.")
     ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Train and evaluate every point of methods x k x seeds x tasks, one run folder each; probe once per task
+    """Train and evaluate every point of methods x k x strategies x seeds x tasks, one run folder each (a plan
+    strategy other than the guided one is named in the folder, e.g. lora-k3-last-seed0); probe once per task
     (probe.seed) for the points with a k. Run it again to resume: finished points are skipped, a trained
     point is only evaluated, an interrupted one resumes from its checkpoint. Ends with a summary and, per
     task, the points compared with LoRA on every layer, seeds as mean ± std (<out>/<task>/comparison.md)."""
@@ -416,7 +426,8 @@ def sweep(
         _quiet_libraries()
         from .sweep import parse_grid, run_sweep
 
-        doc = run_sweep(cfg, parse_grid(cfg, methods, k, seeds, tasks), out, dry_run=dry_run)
+        grid = parse_grid(cfg, methods, k, seeds, tasks, strategies, draws)
+        doc = run_sweep(cfg, grid, out, dry_run=dry_run)
         if dry_run:
             render.sweep_plan(doc, out)
         else:

@@ -1,12 +1,12 @@
-"""The sweep: a grid of methods x k x seeds x tasks, one run folder per point, resumable.
+"""The sweep: a grid of methods x k x plan strategies x seeds x tasks, one run folder per point, resumable.
 
 Layout under the sweep folder ``<out>``::
 
-    sweep.json                                  the manifest: every point, its folder and status
-    <task>/probe/scores.json                    one probe per task (seeded by probe.seed, shared by its
-    points) <task>/<method>-k<k>-seed<s>/               an ordinary run folder (scores, selection, adapter,
-    eval.json) <task>/comparison.json, .md, *.png          the task's points (seeds grouped) against LoRA on
-    every layer
+    sweep.json                          the manifest: every point, its folder and status
+    <task>/probe/scores.json            one probe per task (probe.seed), shared by its points
+    <task>/<method>-k<k>-seed<s>/       an ordinary run folder (scores, selection, adapter, eval.json); a plan
+                                        strategy other than the guided one is named in it: -last-, -random2-
+    <task>/comparison.json, .md, *.png  the task's points (seeds grouped) against LoRA on every layer
 
 Everything is checked before anything runs: every point's config is validated (all problems reported
 together), then the probes run and every k is checked against the model's layer count, and only then does
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from . import artifacts, runfolder, ui
 from .checkpoints import last_checkpoint
 from .compare import compare_runs, write_report
-from .config import CLEAR, METHODS, Config, parse_list
+from .config import CLEAR, METHODS, STRATEGIES, Config, parse_list
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import run_eval
 from .probe import run_probe
@@ -48,6 +48,17 @@ class Grid:
     ks: list[int | str]
     seeds: list[int]
     tasks: list[str]
+    strategies: tuple[str, ...] = ("scores",)  # rank.strategy values
+    draws: int = 1  # random plans per k (rank.seed 0..draws-1)
+
+    def plans(self) -> list[tuple[int | str, str, int]]:
+        """(k, strategy, draw) of every plan: each k with each strategy (random: its draws); every layer
+        (k='all') is one plan whatever the strategy."""
+        plans = []
+        for k in self.ks:
+            for strategy in ["scores"] if k == "all" else self.strategies:
+                plans += [(k, strategy, d) for d in (range(self.draws) if strategy == "random" else [0])]
+        return plans
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,15 @@ class Point:
     k: int | str
     seed: int
     cfg: Config
+    strategy: str = "scores"
+    draw: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.method}-k{self.k}-seed{self.seed}"
+        # the guided plan keeps the name sweeps have always used; other strategies are named in it
+        plan = "" if self.strategy == "scores" else f"-{self.strategy}"
+        plan += str(self.draw) if self.strategy == "random" else ""
+        return f"{self.method}-k{self.k}{plan}-seed{self.seed}"
 
     @property
     def folder(self) -> Path:
@@ -95,7 +111,13 @@ def _k(value: str) -> int | str:
 
 
 def parse_grid(
-    base: Config, methods: str | None, ks: str | None, seeds: str | None, tasks: str | None
+    base: Config,
+    methods: str | None,
+    ks: str | None,
+    seeds: str | None,
+    tasks: str | None,
+    strategies: str | None = None,
+    draws: int = 1,
 ) -> Grid:
     """Comma-separated flag values -> the grid; a flag left out takes the config's single value. Every bad
     value is reported together, each naming its flag."""
@@ -106,6 +128,7 @@ def parse_grid(
         ("--k", ks, base.rank.k, "all,3", _k),
         ("--seeds", seeds, base.train.seed, "0,1,2", int),
         ("--tasks", tasks, base.task.name, "movies,tweets", str),
+        ("--strategies", strategies, base.rank.strategy, "scores,last,random", str),
     ):
         why = (
             "not given; the config chooses k by rank.tau, which a sweep does not vary"
@@ -138,9 +161,25 @@ def parse_grid(
                     f"did you mean '{close[0]}'?" if close else f"methods: {', '.join(METHODS)}",
                 )
             )
+    for strategy in parsed.get("--strategies", []):
+        if strategy not in STRATEGIES:
+            problems.append(
+                Problem(
+                    "--strategies", f"unknown strategy '{strategy}'", f"strategies: {', '.join(STRATEGIES)}"
+                )
+            )
+    if draws < 1:
+        problems.append(Problem("--draws", f"expected a whole number >= 1, got {draws}", "e.g. --draws 5"))
     if problems:
         raise ConfigError(problems)
-    return Grid(parsed["--methods"], parsed["--k"], parsed["--seeds"], parsed["--tasks"])
+    return Grid(
+        parsed["--methods"],
+        parsed["--k"],
+        parsed["--seeds"],
+        parsed["--tasks"],
+        tuple(parsed["--strategies"]),
+        draws,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,21 +200,23 @@ def build_points(base: Config, grid: Grid, out: Path) -> list[Point]:
     points: list[Point] = []
     for task in grid.tasks:
         for method in grid.methods:
-            for k in grid.ks:
+            for k, strategy, draw in grid.plans():
                 for seed in grid.seeds:
-                    folder = Path(out) / task / f"{method}-k{k}-seed{seed}"
-                    # the grid's k is the whole rule: it replaces the file's tau or layers
+                    name = Point(task, method, k, seed, base, strategy, draw).name
+                    folder = Path(out) / task / name
+                    # the grid's k and strategy are the whole rule: they replace the file's tau or layers
                     values = {
                         "task.name": task, "output_dir": str(folder), "lora.method": method, "rank.k": k,
-                        "rank.tau": CLEAR, "rank.layers": CLEAR, "train.seed": seed,
+                        "rank.tau": CLEAR, "rank.layers": CLEAR, "rank.strategy": strategy, "rank.seed": draw,
+                        "train.seed": seed,
                     }  # fmt: skip
                     try:
                         cfg = base.with_overrides(values)
                     except ConfigError as exc:
-                        point = f"point {task}/{folder.name}"
+                        point = f"point {task}/{name}"
                         problems += [Problem(f"{p.where} ({point})", p.what, p.fix) for p in exc.problems]
                         continue
-                    points.append(Point(task, method, k, seed, cfg))
+                    points.append(Point(task, method, k, seed, cfg, strategy, draw))
     for task in dict.fromkeys(p.task for p in points):
         try:
             task_spec(next(p for p in points if p.task == task).cfg.task)
@@ -242,6 +283,8 @@ def plan_sweep(base: Config, grid: Grid, out: Path) -> dict[str, Any]:
             "task": p.task,
             "method": p.method,
             "k": p.k,
+            "strategy": p.strategy,
+            "draw": p.draw,
             "seed": p.seed,
             "name": p.name,
             "folder": str(p.folder),
@@ -266,7 +309,14 @@ class _Manifest:
         self.path = Path(out) / "sweep.json"
         self.doc: dict[str, Any] = {
             "out": str(out),
-            "grid": {"methods": grid.methods, "k": grid.ks, "seeds": grid.seeds, "tasks": grid.tasks},
+            "grid": {
+                "methods": grid.methods,
+                "k": grid.ks,
+                "seeds": grid.seeds,
+                "tasks": grid.tasks,
+                "strategies": list(grid.strategies),
+                "draws": grid.draws,
+            },  # fmt: skip
             "base_config_hash": base.hash(),
             "total": len(plan["points"]),
             "done": 0,

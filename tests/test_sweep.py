@@ -319,3 +319,32 @@ def test_a_point_that_failed_mid_training_resumes_from_its_checkpoint(tmp_path, 
     run = tmp_path / "sweep" / "movies" / "lora-kall-seed0"
     steps = [json.loads(x)["step"] for x in (run / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # 4 from before the stop, then 5 and 6 after the resume
+
+
+def test_strategy_axis_trains_each_plan_of_each_k(tmp_path, base, monkeypatch):
+    """--strategies scores,last,random --draws 2 at k=2: the guided plan, the top-heavy one and two random
+    draws, each in its own folder with the plan recorded; k=all stays one point."""
+    out = tmp_path / "sweep"
+    grid = sweep.parse_grid(base, "lora", "all,2", "0", "movies", "scores,last,random", 2)
+    assert grid.plans() == [("all", "scores", 0), (2, "scores", 0), (2, "last", 0), (2, "random", 0),
+                            (2, "random", 1)]  # fmt: skip
+    doc = sweep.run_sweep(base, grid, out)
+    names = ["lora-kall-seed0", "lora-k2-seed0", "lora-k2-last-seed0", "lora-k2-random0-seed0",
+             "lora-k2-random1-seed0"]  # fmt: skip
+    assert [p["name"] for p in doc["points"]] == names
+    plans = {n: json.loads((out / "movies" / n / "train_summary.json").read_text())["plan"] for n in names}
+    assert plans["lora-k2-last-seed0"]["layers"] == [2, 3]  # the tiny BERT has 4 layers
+    from actlora_cli.selection import by_strategy
+
+    for draw in (0, 1):
+        plan = plans[f"lora-k2-random{draw}-seed0"]
+        assert plan["layers"] == by_strategy("random", 2, 4, seed=draw).layers and plan["seed"] == draw
+    scores = json.loads((out / "movies" / "probe" / "scores.json").read_text())["scores"]
+    assert plans["lora-k2-seed0"]["layers"] == sorted(sorted(range(4), key=lambda i: (-scores[i], i))[:2])
+    assert {plans[n]["strategy"] for n in names} == {None, "scores", "last", "random"}
+
+
+def test_unknown_strategy_and_bad_draws_are_refused_together(base):
+    with pytest.raises(ConfigError) as info:
+        sweep.parse_grid(base, "lora", "2", "0", "movies", "scores,lst", 0)
+    assert [p.where for p in info.value.problems] == ["--strategies", "--draws"]
