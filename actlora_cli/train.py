@@ -43,7 +43,7 @@ from .modeling import Architecture, autocast_context, autocast_settings, load_fo
 from .prefix_cache import PrefixCache, frozen_prefix
 from .rank import resolve_plan
 from .selection import Plan
-from .timing import PhaseTimer
+from .timing import HostLoad, PhaseTimer
 
 
 class NonFiniteLoss(ActloraError):
@@ -92,6 +92,7 @@ class Run:
     autocast: Callable
     cache: PrefixCache | None
     prefix: dict[str, Any]  # the frozen prefix's record for the summary
+    prep_seconds: dict[str, float]  # this invocation's model loading and data preparation
     trainable: int
     total: int
 
@@ -139,6 +140,7 @@ class Totals:
 
     train_seconds: float = 0.0  # the loop's wall time, evaluations and checkpoints included
     eval_seconds: float = 0.0  # of which epoch-end evaluation
+    checkpoint_seconds: float = 0.0  # and of which checkpoint saving
     samples: int = 0
     phase_ms: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # forward, backward, optimizer
     steps_timed: int = 0
@@ -164,6 +166,7 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     spec = task_spec(cfg.task)
     seed_everything(t.seed)  # before the model: a new head and the adapters draw their initial weights
     loaded = load_for(cfg.model, spec.num_labels, ctx.device)
+    data_started = time.perf_counter()
     if plan is None:
         plan = resolve_plan(cfg, loaded.arch.num_layers)  # checked against the model there
     else:
@@ -172,6 +175,7 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     ranks_agreeing = same_on_all_ranks(plan.layers, "the layer plan")
     train_data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
     eval_data = {s: encoded_split(loaded.tokenizer, cfg.task, spec, s) for s in eval_splits(cfg.task, spec)}
+    prep = {"load_seconds": loaded.seconds, "data_seconds": time.perf_counter() - data_started}
     steps_per_epoch = count_steps_per_epoch(len(train_data), t.batch_size, ctx.world * t.grad_accum)
     total_steps = math.ceil(t.epochs * steps_per_epoch)
     if t.max_steps is not None:
@@ -206,7 +210,7 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     return Run(
         cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch,
         total_steps, adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype,
-        autocast_context(amp_dtype, ctx.device), cache, prefix, trainable, total,
+        autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total,
     )  # fmt: skip
 
 
@@ -462,7 +466,7 @@ def run_train(
     """Train lora.method on ``plan`` (None: the run's own, see ``rank.resolve_plan``); write adapter/ (model/
     for full fine-tuning), checkpoints/, train_log.jsonl and train_summary.json; returns the summary.
     ``resume`` continues the run's last checkpoint; ``overwrite`` replaces an earlier run in the folder."""
-    started = time.perf_counter()
+    started, host = time.perf_counter(), HostLoad()
     replaced = check_outputs(cfg, resume, overwrite)
     run = setup_run(cfg, plan)
     aside = set_aside(cfg, run.ctx, replaced)
@@ -517,7 +521,7 @@ def run_train(
         run.adapted.save(weights)
         runfolder.mark(weights)
     barrier()  # the weights are on disk before any rank reports the run done
-    doc = summary(run, step, totals, started, artifacts.folder_hash(weights))
+    doc = summary(run, step, totals, started, artifacts.folder_hash(weights), host)
     doc = artifacts.finish_stage(cfg, "train_summary", doc, run.ctx.is_main)
     if aside is not None and run.ctx.is_main:
         runfolder.remove(aside, cfg.run_dir)  # the replacement has finished: the earlier run may go
@@ -564,6 +568,7 @@ def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
 def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> None:
     """checkpoints/last (rank 0 writes, every rank waits); at an epoch end also a copy of the weights as
     checkpoints/step-N."""
+    began = time.perf_counter()
     if run.ctx.is_main:
         extra = {"meta": run.meta(), "totals": asdict(totals)}
         last = run.ckpt_dir / "last"
@@ -572,12 +577,16 @@ def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> Non
             weights = run.adapted.weights_dir
             shutil.copytree(last / weights, run.ckpt_dir / f"step-{step}", dirs_exist_ok=True)
     barrier()
+    totals.checkpoint_seconds += time.perf_counter() - began  # saved with the next checkpoint
 
 
-def summary(run: Run, step: int, totals: Totals, started: float, weights_hash: str) -> dict[str, Any]:
+def summary(
+    run: Run, step: int, totals: Totals, started: float, weights_hash: str, host: HostLoad
+) -> dict[str, Any]:
     """train_summary.json's payload: the plan, the method, parameters, metrics and the cost account."""
     cfg, ctx, plan = run.cfg, run.ctx, run.plan
     steps_run, seconds = max(1, totals.steps_timed), totals.train_seconds
+    step_seconds = sum(totals.phase_ms) / 1000
     phases = ("forward", "backward", "optimizer")
     return {
         "model": run.arch.identity(cfg.model.name),
@@ -603,7 +612,19 @@ def summary(run: Run, step: int, totals: Totals, started: float, weights_hash: s
         "samples_per_second": round(totals.samples / seconds, 3) if seconds else None,
         "device": str(ctx.device),
         "world_size": ctx.world,
-        "device_hours": round(seconds * ctx.world / 3600, 6),
+        # the paper's GPU-hours (Table 6: "derived from phase-level timing totals"): the timed forward,
+        # backward and optimizer phases of every step, times the ranks; evaluation, checkpoints, loading and
+        # data preparation are accounted apart (cost), and the probe is charged by compare
+        "device_hours": round(step_seconds * ctx.world / 3600, 6),
+        "cost": {
+            "step_seconds": round(step_seconds, 3),
+            "eval_seconds": round(totals.eval_seconds, 3),
+            "checkpoint_seconds": round(totals.checkpoint_seconds, 3),
+            "load_seconds": round(run.prep_seconds["load_seconds"], 3),
+            "data_seconds": round(run.prep_seconds["data_seconds"], 3),
+            "loop_seconds": round(seconds, 3),
+        },
+        "host": host.report(),
         "peak_memory_mib": totals.peak_mib if ctx.device.type == "cuda" else None,
         "precision": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "fp32",
         "wall_seconds": round(time.perf_counter() - started, 3),

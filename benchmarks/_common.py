@@ -102,26 +102,6 @@ def code_identity(*modules) -> dict[str, Any]:
     }
 
 
-def cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of this process) from /proc; None where there is no /proc."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])  # utime + stime
-
-
-def others_share(before: tuple[int, int] | None, seconds: float) -> float | None:
-    """Share of the machine's CPU capacity that other processes (or the hypervisor) took since ``before``."""
-    after = cpu_ticks()
-    if before is None or after is None or seconds <= 0:
-        return None
-    others = (after[0] - before[0]) - (after[1] - before[1])
-    return max(others, 0) / (os.sysconf("SC_CLK_TCK") * seconds * (os.cpu_count() or 1))
-
-
 def interleaved(variants: Sequence, rep: int) -> list:
     """The variants' order in round ``rep``: as given, reversed every other round (A B C, C B A, ...), so a
     slow spell of a shared machine, or a drift, hits them alike."""

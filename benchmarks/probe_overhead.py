@@ -36,6 +36,7 @@ from actlora_cli.distributed import setup
 from actlora_cli.modeling import Loaded, load_for
 from actlora_cli.probe import probe_batches
 from actlora_cli.scoring.activation import _Accumulator, activation_norms, probe_hooks
+from actlora_cli.timing import HostLoad
 
 try:  # python -m benchmarks.probe_overhead; python benchmarks/probe_overhead.py puts benchmarks/ on the path
     from benchmarks import _common as common
@@ -140,7 +141,7 @@ def reduction_seconds(loaded: Loaded, batches: Batches, site: str) -> float:
 def bench_site(loaded: Loaded, batches: Batches, site: str, reps: int, isolate_reps: int) -> dict[str, Any]:
     plain_forward(loaded, batches)  # warm-up: allocator, oneDNN primitives, first hook install
     probe_forward(loaded, batches, site)
-    ticks, started = common.cpu_ticks(), time.perf_counter()
+    load = HostLoad()
     plain: list[float] = []
     probe: list[float] = []
     plain_each: list[list[float]] = []
@@ -176,7 +177,7 @@ def bench_site(loaded: Loaded, batches: Batches, site: str, reps: int, isolate_r
         "ratio_of_batch_floors": probe_floor / plain_floor,
         "plain_spread": max(plain) / min(plain),
     }
-    result["others_cpu_share"] = common.others_share(ticks, time.perf_counter() - started)
+    result["others_cpu_share"] = load.others_share()
     others = result["others_cpu_share"] or 0.0
     result["noisy"] = result["plain_spread"] > NOISY_SPREAD or others > NOISY_OTHERS
     if isolate_reps:

@@ -40,6 +40,7 @@ from actlora_cli.config import Config, load_config
 from actlora_cli.data import encoded_split, load_examples, task_spec
 from actlora_cli.distributed import setup
 from actlora_cli.modeling import locate, resolve_source, target_suffixes
+from actlora_cli.timing import HostLoad
 
 try:  # python -m benchmarks.vs_trainer; python benchmarks/vs_trainer.py puts benchmarks/ itself on the path
     from benchmarks import _common as common
@@ -165,10 +166,8 @@ def tidy() -> None:
 
 def run_ours(cfg: Config) -> dict[str, Any]:
     """``run_train`` as ``actlora train`` calls it; its summary accounts for the epoch-end evaluations."""
-    ticks = common.cpu_ticks()
-    start = time.perf_counter()
+    load = HostLoad()
     summary, log = common.train(cfg)
-    wall = time.perf_counter() - start
     total = summary["steps"]
     return {
         "loop_s": summary["train_seconds"],
@@ -179,7 +178,7 @@ def run_ours(cfg: Config) -> dict[str, Any]:
         "warmup_steps": round(cfg.train.warmup_ratio * total),
         "accuracy": summary["final_metrics"]["validation"]["accuracy"],
         "trainable_parameters": summary["trainable_parameters"],
-        "others_cpu_share": common.others_share(ticks, wall),
+        "others_cpu_share": load.others_share(),
     }
 
 
@@ -276,10 +275,8 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         callbacks=[LoopClock()],
     )
     shutil.rmtree(work, ignore_errors=True)
-    ticks = common.cpu_ticks()
-    start = time.perf_counter()
+    load = HostLoad()
     trainer.train()
-    wall = time.perf_counter() - start
     # each epoch-end evaluation logs its own runtime (the evaluation loop and the metrics)
     evals = [e for e in trainer.state.log_history if "eval_runtime" in e]
     total = trainer.state.global_step
@@ -292,7 +289,7 @@ def run_trainer(cfg: Config, work: Path) -> dict[str, Any]:
         "warmup_steps": training_args.get_warmup_steps(total),
         "accuracy": evals[-1]["eval_accuracy"],
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "others_cpu_share": common.others_share(ticks, wall),
+        "others_cpu_share": load.others_share(),
         "target_modules": sorted(lora.target_modules),
         # SEQ_CLS adds classifier and score itself
         "modules_to_save": sorted(set(lora.modules_to_save or [])),

@@ -263,3 +263,20 @@ def test_fp32_training_on_a_bf16_model_is_refused(tmp_path, tiny_models, tiny_ta
     )
     with pytest.raises(ConfigError, match="train.precision"):
         train.run_train(cfg)
+
+
+def test_cost_account_device_hours_are_the_timed_phases(tmp_path, tiny_models, tiny_task):
+    """device_hours = (forward + backward + optimizer of every logged step) x world / 3600, worked from the
+    log; evaluation, checkpoints, loading and data preparation are accounted apart, inside the loop's time."""
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank={"k": "all"}, train={"epochs": 2, "save_every": 5})
+    summary = train.run_train(cfg)
+    log = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    step_seconds = sum(r["forward_ms"] + r["backward_ms"] + r["optimizer_ms"] for r in log) / 1000
+    cost = summary["cost"]
+    assert cost["step_seconds"] == pytest.approx(step_seconds, abs=0.01)
+    assert summary["device_hours"] == pytest.approx(cost["step_seconds"] / 3600, abs=1e-6)
+    assert all(cost[k] > 0 for k in ("eval_seconds", "checkpoint_seconds", "load_seconds", "data_seconds"))
+    inside_loop = cost["step_seconds"] + cost["eval_seconds"] + cost["checkpoint_seconds"]
+    assert inside_loop <= cost["loop_seconds"] + 0.01 and cost["loop_seconds"] == summary["train_seconds"]
+    host = summary["host"]
+    assert host["cpu_count"] >= 1 and 0.0 <= host["others_cpu_share"] <= 1.0
