@@ -11,7 +11,12 @@ PY=${PYTHON:-python3}
 # a local wheel on the project's machines (an open range would pull a multi-GB CUDA build).
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
 if [ "${ACTLORA_DEPS:-constraints}" = latest ]; then
-  "$PY" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+  # everything at its newest release but torch, held at the machine's build: an eager upgrade would replace
+  # a CPU build with a multi-GB CUDA one (torch is pinned by this script, not by the constraints)
+  held=$(mktemp)
+  "$PY" -c "import torch; print('torch==' + torch.__version__)" > "$held"
+  "$PY" -m pip install -q --upgrade --upgrade-strategy eager -c "$held" -e ".[test]"
+  rm -f "$held"
 else
   "$PY" -m pip install -q -c constraints.txt -e ".[test]"
 fi
