@@ -13,7 +13,7 @@ from .distributed import setup
 from .errors import DataError, Problem
 from .modeling import Loaded, load_for
 from .scoring import SCORERS
-from .selection import min_max
+from .selection import min_max, min_max_stderr
 
 
 def probe_batches(
@@ -82,6 +82,9 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
         "tokens_seen": stat.tokens,
         "raw": stat.raw,
         "scores": scores,
+        # per layer, the standard error over the S batches, raw and on the score's scale (activation norms)
+        "raw_stderr": stat.raw_stderr,
+        "score_stderr": min_max_stderr(stat.raw, stat.raw_stderr),
         "flat": flat,
         "undefined_layers": [i for i, v in enumerate(stat.raw) if v is None],
         "device": str(loaded.device),

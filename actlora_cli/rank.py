@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from . import artifacts, runfolder
+from . import artifacts, runfolder, ui
 from .config import Config
 from .errors import ArtifactError, ConfigError, Problem
-from .selection import POSITIONAL, Plan, by_strategy, every_layer, explicit, select
+from .selection import POSITIONAL, Plan, boundary, by_strategy, every_layer, explicit, select
 
 
 def _scores_path(cfg: Config):
@@ -156,5 +156,21 @@ def run_rank(cfg: Config) -> dict[str, Any]:
         "model": source.get("model", {"name": cfg.model.name}),
         "task": source.get("task", {"name": cfg.task.name}),
         "scores_hash": None if scores_doc is None else artifacts.file_hash(_scores_path(cfg)),
+        "boundary": _boundary(plan, scores_doc),
     }
     return artifacts.finish_stage(cfg, "selection", payload)
+
+
+def _boundary(plan: Plan, scores_doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A guided plan's boundary against the probe's noise (selection.boundary), warned on when within it."""
+    if scores_doc is None or plan.strategy != "scores" or plan.rule not in ("top_k", "tau"):
+        return None
+    edge = boundary(plan.layers, scores_doc["scores"], scores_doc.get("score_stderr"), plan.ranking)
+    if edge is not None and edge["within_noise"]:
+        ui.note(
+            f"[yellow]warning:[/] the plan's boundary lies within the probe's noise: layer "
+            f"{edge['last_in']} is in and layer {edge['first_out']} out, {edge['gap']:.4f} apart against a "
+            f"standard error of {edge['noise']:.4f} for the difference; another probe could swap them "
+            "(more probe.steps narrow it)"
+        )
+    return edge

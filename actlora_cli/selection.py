@@ -28,6 +28,35 @@ def min_max(values: list[float | None]) -> tuple[list[float], bool]:
     return [0.0 if v is None else (v - lo) / (hi - lo) for v in values], False
 
 
+def min_max_stderr(values: list[float | None], stderr: list[float] | None) -> list[float] | None:
+    """Standard errors of raw values carried to the min-max scale: divided by (max - min) of the defined
+    values (the shift by min moves nothing). None without errors, or for a flat profile."""
+    defined = [v for v in values if v is not None]
+    if stderr is None or not defined or max(defined) - min(defined) <= 0:
+        return None
+    span = max(defined) - min(defined)
+    return [e / span for e in stderr]
+
+
+def boundary(plan_layers: list[int], scores: list[float], stderr: list[float] | None, order: list[int]):
+    """The plan's boundary against the probe's noise: the last chosen layer's score, the first left out, and
+    whether their gap lies within twice the standard error of the difference (another probe seed could then
+    swap them). None when there is no boundary (every layer chosen) or no errors."""
+    k = len(plan_layers)
+    if stderr is None or k >= len(order) or sorted(order[:k]) != sorted(plan_layers):
+        return None
+    inside, outside = order[k - 1], order[k]
+    gap = scores[inside] - scores[outside]
+    noise = (stderr[inside] ** 2 + stderr[outside] ** 2) ** 0.5
+    return {
+        "last_in": inside,
+        "first_out": outside,
+        "gap": gap,
+        "noise": noise,
+        "within_noise": gap < 2 * noise,
+    }
+
+
 def ranking(scores: list[float], undefined: Collection[int] = ()) -> list[int]:
     """Layer indices by descending score; ties go to the lower layer index (deterministic). Layers a scorer
     left ``undefined`` (CKA's embedding pair) come last: min-max gives them the same 0 as the least-scoring

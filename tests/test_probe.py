@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 
@@ -39,8 +41,15 @@ def _batches(tok, pad_to: int | None = None):
 def _independent(model, arch, batches, site):
     """Reference: capture the full activations with output_hidden_states / a plain hook and reduce them in
     float64 with an explicit loop over non-pad tokens."""
-    totals = [0.0] * arch.num_layers
+    per_batch = _independent_per_batch(model, arch, batches, site)
+    return [sum(b[i] for b in per_batch) / len(per_batch) for i in range(arch.num_layers)]
+
+
+def _independent_per_batch(model, arch, batches, site) -> list[list[float]]:
+    """Per batch, per layer: the mean over non-pad tokens of the token norms (the reference's inner part)."""
+    out_rows = []
     for batch in batches:
+        totals = [0.0] * arch.num_layers
         captured: dict[int, torch.Tensor] = {}
         handles = []
         last = arch.num_layers - 1
@@ -81,7 +90,8 @@ def _independent(model, arch, batches, site):
                     if mask[b, t]
                 ]
                 totals[i] += sum(norms) / len(norms)
-    return [t / len(batches) for t in totals]
+        out_rows.append(totals)
+    return out_rows
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -95,6 +105,11 @@ def test_norms_match_independent_computation(tiny_models, family, site):
     assert stat.raw == pytest.approx(expected, rel=1e-5)
     assert stat.batches == 2
     assert stat.tokens == sum(int(b["attention_mask"].sum()) for b in batches)
+    # the spread over the S batches: the sample standard deviation of the per-batch values / sqrt(S)
+    per_batch = _independent_per_batch(model, arch, batches, site)
+    spread = [statistics.stdev(b[i] for b in per_batch) / len(per_batch) ** 0.5 for i in range(NUM_LAYERS)]
+    # (where LayerNorm pins the norm, the spread is float32 rounding: compare at the raw values' precision)
+    assert stat.raw_stderr == pytest.approx(spread, rel=1e-4, abs=1e-6 * max(stat.raw))
 
 
 def test_hand_worked_norm_with_padding():

@@ -202,3 +202,35 @@ def test_a_plan_from_another_models_scores_does_not_fit():
     assert problem.where == "run/scores.json (k=3, tau=None)"
     assert problem.what == "made from scores of 12 layers, but the model has 6 layers"
     plan.check_fits(12, "run/scores.json")
+
+
+def test_min_max_carries_standard_errors_to_the_score_scale():
+    from actlora_cli.selection import min_max_stderr
+
+    assert min_max_stderr([2.0, None, 6.0, 4.0], [0.4, 0.1, 0.2, 0.8]) == pytest.approx(
+        [0.1, 0.025, 0.05, 0.2]
+    )
+    assert min_max_stderr([1.0, 1.0], [0.1, 0.1]) is None and min_max_stderr([1.0, 2.0], None) is None
+
+
+def test_a_boundary_within_the_probes_noise_is_warned_and_recorded(tmp_path, capsys):
+    """Scores 1.0, 0.5, 0.49, 0.0 at k=2: layers 1 (0.5) in and 2 (0.49) out, a gap of 0.01 against a
+    standard error of the difference of sqrt(0.02^2 + 0.03^2) = 0.036: within noise. At k=1 the gap is 0.5."""
+    from actlora_cli import artifacts
+    from actlora_cli.config import load_config
+    from actlora_cli.rank import run_rank
+
+    payload = {"scores": [1.0, 0.5, 0.49, 0.0], "score_stderr": [0.01, 0.02, 0.03, 0.01],
+               "scorer": "activation_norm", "site": "post_attn", "model": {"name": "tiny", "num_layers": 4},
+               "task": {"name": "movies"}}  # fmt: skip
+    artifacts.write_artifact(tmp_path / "scores.json", "scores", payload)
+    cfg = load_config(values={"output_dir": str(tmp_path), "model.name": "tiny", "rank.k": 2})
+    edge = run_rank(cfg)["boundary"]
+    assert (edge["last_in"], edge["first_out"], edge["within_noise"]) == (1, 2, True)
+    assert edge["gap"] == pytest.approx(0.01) and edge["noise"] == pytest.approx((0.02**2 + 0.03**2) ** 0.5)
+    assert "boundary lies within the probe's noise: layer 1 is in and layer 2 out" in capsys.readouterr().err
+    edge = run_rank(cfg.with_overrides({"rank.k": 1}))["boundary"]
+    assert edge["within_noise"] is False and edge["gap"] == pytest.approx(0.5)
+    assert "within the probe's noise" not in capsys.readouterr().err
+    # a plan by position has no guided boundary
+    assert run_rank(cfg.with_overrides({"rank.strategy": "last"}))["boundary"] is None

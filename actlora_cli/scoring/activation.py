@@ -26,6 +26,9 @@ class LayerStatistic:
     # the scorer's own pass over the probe batches: forwards only for activation norms and CKA; for the
     # gradient scorers the backward and the gradients' all-reduce too (probe.py reports it as probe_s)
     forward_seconds: float
+    # per layer, the standard error of the raw value over the S batches (the spread of the per-batch values /
+    # sqrt(S)): how far the next probe could move it. None where the scorer does not measure it, or S < 2.
+    raw_stderr: list[float] | None = None
 
 
 class _Accumulator:
@@ -95,6 +98,8 @@ def activation_norms(
         # one host sync at the end: hooks only queue reductions, so the probe runs at inference speed
         means, counts = acc.batch_means()
         raw = means.mean(dim=0).tolist() if len(counts) else [0.0] * arch.num_layers
+        # A_l averages S per-batch values: their spread says whether two layers' A_l are told apart
+        stderr = (means.std(dim=0) / len(counts) ** 0.5).tolist() if len(counts) >= 2 else None
     seconds = time.perf_counter() - start
     return LayerStatistic(
         raw=raw,
@@ -102,4 +107,5 @@ def activation_norms(
         tokens=int(counts.sum().item()),
         examples=int(all_reduce_sum(examples).item()),
         forward_seconds=seconds,
+        raw_stderr=stderr,
     )
