@@ -242,6 +242,12 @@ class RankSection(Section):
         "random (k drawn with rank.seed).",
     )
     seed: int = Field(0, description="Seed of the random strategy's draw.")
+    tie_break: Literal["score", "cost"] = Field(
+        "score",
+        description="cost: when the guided plan's boundary lies within the probe's noise (activation norms "
+        "record it) and the first layer left out sits above the last one in, take it instead (the backward "
+        "stops at the lowest adapted layer: the same cost or less).",
+    )
 
     @field_validator("layers")
     @classmethod

@@ -9,7 +9,16 @@ from typing import Any
 from . import artifacts, runfolder, ui
 from .config import Config
 from .errors import ArtifactError, ConfigError, Problem
-from .selection import POSITIONAL, Plan, boundary, by_strategy, every_layer, explicit, select
+from .selection import (
+    POSITIONAL,
+    Plan,
+    boundary,
+    by_strategy,
+    cheaper_at_a_tie,
+    every_layer,
+    explicit,
+    select,
+)
 
 
 def _scores_path(cfg: Config):
@@ -72,10 +81,14 @@ def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
                 )
             ]
         )
-    if r.tau is not None:
-        return select(scores_doc["scores"], tau=r.tau, undefined=undefined)
     scores = scores_doc["scores"]
-    return by_strategy(r.strategy, r.k, len(scores), r.seed, scores, undefined)
+    if r.tau is not None:
+        plan = select(scores, tau=r.tau, undefined=undefined)
+    else:
+        plan = by_strategy(r.strategy, r.k, len(scores), r.seed, scores, undefined)
+    if r.tie_break == "cost" and plan.strategy == "scores" and plan.rule in ("top_k", "tau"):
+        plan = cheaper_at_a_tie(plan, scores, scores_doc.get("score_stderr"))
+    return plan
 
 
 def resolve_plan(cfg: Config, num_layers: int) -> Plan:
@@ -165,12 +178,21 @@ def _boundary(plan: Plan, scores_doc: dict[str, Any] | None) -> dict[str, Any] |
     """A guided plan's boundary against the probe's noise (selection.boundary), warned on when within it."""
     if scores_doc is None or plan.strategy != "scores" or plan.rule not in ("top_k", "tau"):
         return None
-    edge = boundary(plan.layers, scores_doc["scores"], scores_doc.get("score_stderr"), plan.ranking)
-    if edge is not None and edge["within_noise"]:
+    edge = boundary(plan.k, scores_doc["scores"], scores_doc.get("score_stderr"), plan.ranking)
+    if edge is None:
+        return None
+    # rank.tie_break=cost took the first layer out instead of the last in: say so
+    edge["swapped_for_cost"] = edge["first_out"] in plan.layers and edge["last_in"] not in plan.layers
+    if edge["swapped_for_cost"]:
+        ui.note(
+            f"note: rank.tie_break=cost took layer {edge['first_out']} instead of layer {edge['last_in']}: "
+            "the probe cannot tell them apart, and the higher one costs no more"
+        )
+    elif edge["within_noise"]:
         ui.note(
             f"[yellow]warning:[/] the plan's boundary lies within the probe's noise: layer "
             f"{edge['last_in']} is in and layer {edge['first_out']} out, {edge['gap']:.4f} apart against a "
             f"standard error of {edge['noise']:.4f} for the difference; another probe could swap them "
-            "(more probe.steps narrow it)"
+            "(more probe.steps narrow it; rank.tie_break=cost takes the cheaper of the two)"
         )
     return edge

@@ -38,12 +38,11 @@ def min_max_stderr(values: list[float | None], stderr: list[float] | None) -> li
     return [e / span for e in stderr]
 
 
-def boundary(plan_layers: list[int], scores: list[float], stderr: list[float] | None, order: list[int]):
-    """The plan's boundary against the probe's noise: the last chosen layer's score, the first left out, and
-    whether their gap lies within twice the standard error of the difference (another probe seed could then
-    swap them). None when there is no boundary (every layer chosen) or no errors."""
-    k = len(plan_layers)
-    if stderr is None or k >= len(order) or sorted(order[:k]) != sorted(plan_layers):
+def boundary(k: int, scores: list[float], stderr: list[float] | None, order: list[int]):
+    """The boundary of the top-k of ``order`` against the probe's noise: the last layer in, the first left
+    out, and whether their gap lies within twice the standard error of the difference (another probe seed
+    could then swap them). None when there is no boundary (every layer chosen) or no errors."""
+    if stderr is None or k >= len(order):
         return None
     inside, outside = order[k - 1], order[k]
     gap = scores[inside] - scores[outside]
@@ -55,6 +54,17 @@ def boundary(plan_layers: list[int], scores: list[float], stderr: list[float] | 
         "noise": noise,
         "within_noise": gap < 2 * noise,
     }
+
+
+def cheaper_at_a_tie(plan: Plan, scores: list[float], stderr: list[float] | None) -> Plan:
+    """rank.tie_break=cost: when a top-k plan's boundary lies within the probe's noise and the first layer
+    left out sits above the last one in, take it instead: the backward stops at the lowest adapted layer, so
+    the plan costs the same or less, and the probe cannot tell the two layers apart anyway."""
+    edge = boundary(plan.k, scores, stderr, plan.ranking or [])
+    if edge is None or not edge["within_noise"] or edge["first_out"] < edge["last_in"]:
+        return plan
+    layers = sorted((set(plan.layers) - {edge["last_in"]}) | {edge["first_out"]})
+    return replace(plan, layers=layers, coverage=_coverage(scores, layers))
 
 
 def ranking(scores: list[float], undefined: Collection[int] = ()) -> list[int]:

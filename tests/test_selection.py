@@ -234,3 +234,26 @@ def test_a_boundary_within_the_probes_noise_is_warned_and_recorded(tmp_path, cap
     assert "within the probe's noise" not in capsys.readouterr().err
     # a plan by position has no guided boundary
     assert run_rank(cfg.with_overrides({"rank.strategy": "last"}))["boundary"] is None
+
+
+@pytest.mark.parametrize(
+    ("scores", "stderr", "expected"),
+    [
+        ([1.0, 0.5, 0.49, 0.0], [0.01, 0.02, 0.03, 0.01], [0, 2]),  # tied, the higher layer 2 out: taken
+        ([1.0, 0.5, 0.49, 0.0], [0.001, 0.001, 0.001, 0.001], [0, 1]),  # told apart (0.01 vs 0.0014): kept
+        ([0.49, 0.5, 1.0, 0.0], [0.02, 0.02, 0.01, 0.01], [1, 2]),  # tied, but layer 0 out is lower: kept
+    ],
+)
+def test_cost_tie_break_takes_the_higher_of_two_tied_layers(tmp_path, scores, stderr, expected):
+    from actlora_cli import artifacts
+    from actlora_cli.config import load_config
+    from actlora_cli.rank import run_rank
+
+    payload = {"scores": scores, "score_stderr": stderr, "scorer": "activation_norm", "site": "post_attn",
+               "model": {"name": "tiny", "num_layers": 4}, "task": {"name": "movies"}}  # fmt: skip
+    artifacts.write_artifact(tmp_path / "scores.json", "scores", payload)
+    cfg = load_config(values={"output_dir": str(tmp_path), "model.name": "tiny", "rank.k": 2})
+    doc = run_rank(cfg.with_overrides({"rank.tie_break": "cost"}))
+    assert doc["layers"] == expected
+    assert doc["boundary"]["swapped_for_cost"] == (expected == [0, 2])
+    assert run_rank(cfg)["layers"] == sorted(sorted(range(4), key=lambda i: (-scores[i], i))[:2])
