@@ -136,7 +136,7 @@ def run_stages(name: str, folder: Path, files: dict, run_dir: Path, args, quanti
     from actlora_cli.rank import run_rank
 
     run_rank(cfg)
-    summary = run_train(cfg)
+    summary = run_train(cfg, overwrite=True)  # a rerun of the check replaces its own earlier runs
     evaluation = run_eval(cfg, timing_batches=args.timing_batches)
     return {
         "model": name,
