@@ -86,15 +86,15 @@ def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
         plan = select(scores, tau=r.tau, undefined=undefined)
     else:
         plan = by_strategy(r.strategy, r.k, len(scores), r.seed, scores, undefined)
-    if r.tie_break == "cost" and plan.strategy == "scores" and plan.rule in ("top_k", "tau"):
+    if r.tie_break == "cost" and plan.guided:
         plan = cheaper_at_a_tie(plan, scores, scores_doc.get("score_stderr"))
     return plan
 
 
 def resolve_plan(cfg: Config, num_layers: int) -> Plan:
     """The run's plan when train is given none, and where it came from. A rule that needs no scores wins
-    (rank.layers, k='all'); then the run's selection.json (made by ``actlora rank``); then the config's k or
-    tau applied to the run's scores.json."""
+    (rank.layers, k='all', a plan by position); then the run's selection.json (made by ``actlora rank``);
+    then the config's k or tau applied to the run's scores.json."""
     if cfg.rank.layers is not None:
         plan, source = explicit(cfg.rank.layers), "rank.layers"
     elif cfg.rank.k == "all":
@@ -176,7 +176,7 @@ def run_rank(cfg: Config) -> dict[str, Any]:
 
 def _boundary(plan: Plan, scores_doc: dict[str, Any] | None) -> dict[str, Any] | None:
     """A guided plan's boundary against the probe's noise (selection.boundary), warned on when within it."""
-    if scores_doc is None or plan.strategy != "scores" or plan.rule not in ("top_k", "tau"):
+    if scores_doc is None or not plan.guided:
         return None
     edge = boundary(plan.k, scores_doc["scores"], scores_doc.get("score_stderr"), plan.ranking)
     if edge is None:

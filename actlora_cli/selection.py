@@ -128,6 +128,11 @@ class Plan:
     seed: int | None = None  # the random strategy's draw
     source: str = ""  # where it came from (a file, a flag), for reports; not part of the JSON form
 
+    @property
+    def guided(self) -> bool:
+        """The probe's own choice: the top of its ranking, by k or by tau (what a boundary is defined for)."""
+        return self.strategy == "scores" and self.rule in ("top_k", "tau")
+
     def to_doc(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in PLAN_FIELDS}
 
