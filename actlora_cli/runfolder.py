@@ -152,17 +152,19 @@ def remove(folder: Path, run_dir: Path) -> None:
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
-    if not ours(folder):
-        raise ConfigError(
-            [
-                Problem(
-                    str(folder),
-                    "was not made by actlora (no .actlora marker in it), so it is not replaced",
-                    "move it out of the run folder, or give the run another output_dir",
-                )
-            ]
-        )
+    require_ours(folder)
     shutil.rmtree(inside(folder, run_dir))
+
+
+def require_ours(folder: Path) -> None:
+    """Refuse a folder actlora did not make (no marker), whatever its name: it is the user's."""
+    if not ours(folder):
+        problem = Problem(
+            str(folder),
+            "was not made by actlora (no .actlora marker in it), so it is not replaced",
+            "move it out of the run folder, or give the run another output_dir",
+        )
+        raise ConfigError([problem])
 
 
 def set_aside(run_dir: Path, names: list[str]) -> Path | None:
@@ -176,13 +178,12 @@ def set_aside(run_dir: Path, names: list[str]) -> Path | None:
     if not present:
         return None
     for path in present:
-        if path.is_dir() and not ours(path):
-            remove(path, run_dir)  # raises: not ours
+        if path.is_dir():
+            require_ours(path)
         inside(path, run_dir)
     aside = run_dir / REPLACED
     if aside.exists() or aside.is_symlink():
-        if not ours(aside):
-            remove(aside, run_dir)  # raises: a .replaced that actlora did not make
+        require_ours(aside)
         for path in present:
             if path.is_dir():
                 remove(path, run_dir)
