@@ -25,6 +25,7 @@ KINDS = {
     "selection": ("selection.json", "actlora rank"),
     "train_summary": ("train_summary.json", "actlora train"),
     "eval": ("eval.json", "actlora eval"),
+    "costs": ("costs.json", "actlora profile"),
     "ablation": ("ablation.json", "actlora ablate"),
     "study": ("<study>.json", "actlora study"),
     "sweep": ("sweep.json", "actlora sweep"),
@@ -49,6 +50,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "train_summary": {"model": {"name": str, "num_layers": int}, "plan": {"layers": list[int]}},
     "eval": {"model": {"name": str}, "metrics": dict[str, dict[str, float]]},
+    "costs": {
+        "model": {"name": str, "num_layers": int},
+        "step_seconds": {"lowest": list[float], "all": float},
+        "prefix_forward_seconds": list[float],
+    },
 }
 
 
@@ -217,6 +223,12 @@ def consistency_problem(kind: str, doc: dict[str, Any]) -> str | None:
     if kind == "scores" and len(doc["scores"]) != doc["model"]["num_layers"]:
         scored, layers = len(doc["scores"]), doc["model"]["num_layers"]
         return f"{scored} layer scores, but its model record says the model has {layers} layers"
+    if kind == "costs":
+        layers = doc["model"]["num_layers"]
+        for key, values in (("step_seconds.lowest", doc["step_seconds"]["lowest"]),
+                            ("prefix_forward_seconds", doc["prefix_forward_seconds"])):  # fmt: skip
+            if len(values) != layers:
+                return f"{len(values)} values in '{key}', but its model record says {layers} layers"
     return None
 
 

@@ -88,6 +88,19 @@ TauOpt = Annotated[
     float | None,
     typer.Option("--tau", help="Choose k as the least k with C(k) >= tau, 0 < tau <= 1 (rank.tau)."),
 ]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--budget",
+        help="Select within a cost budget: the greatest total score whose predicted device-hours are at most "
+        "this share of LoRA on every layer's (needs <run>/costs.json from `actlora profile`); --k fixes the "
+        "plan's size (rank.budget).",
+    ),
+]
+BudgetHoursOpt = Annotated[
+    float | None,
+    typer.Option("--budget-hours", help="As --budget, in predicted device-hours (rank.budget_hours)."),
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks (also ACTLORA_DEBUG=1).")]
 
 
@@ -160,6 +173,19 @@ def _rule_values(k: str | None, tau: float | None, layers: str | None) -> dict[s
     return {key: CLEAR if value is None else value for key, value in given.items()}
 
 
+def _budget_values(budget: float | None, hours: float | None) -> dict[str, Any]:
+    """--budget / --budget-hours: the rule becomes the budget (with the file's or --k's k, if any): the file's
+    tau, layers and other budget are cleared."""
+    if budget is None and hours is None:
+        return {}
+    return {
+        "rank.budget": CLEAR if budget is None else budget,
+        "rank.budget_hours": CLEAR if hours is None else hours,
+        "rank.tau": CLEAR,
+        "rank.layers": CLEAR,
+    }
+
+
 def _config(config: Path | None, overrides: list[str] | None, values: dict[str, Any]) -> Config:
     """The resolved config: defaults < file (--config, else $ACTLORA_CONFIG) < --set < typed flags."""
     # $ACTLORA_CONFIG lets a job script set the config once for a chain of stages (probe, rank, train, eval)
@@ -224,17 +250,21 @@ def rank(
     layers: LayersOpt = None,
     strategy: StrategyOpt = None,
     seed: RankSeedOpt = None,
+    budget: BudgetOpt = None,
+    budget_hours: BudgetHoursOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Turn <run>/scores.json into a layer plan: the top-k layers (--k), the least k whose cumulative
     importance C(k) reaches --tau, or the layers you name (--layers 3,4,5). --strategy last, first, uniform
     or random chooses the k layers by position instead (the plans guidance has to beat), inverse takes the
     bottom-k; these and --layers need no scores.json, and when it is there the plan's share of the score is
-    recorded.
+    recorded. --budget 0.6 takes the plan with the greatest total score whose predicted device-hours
+    (from <run>/costs.json, `actlora profile`) are at most 0.6 of LoRA on every layer's.
     Writes <run>/selection.json with the C(k) curve."""
     with _handled(debug):
         values = {"output_dir": output_dir, "rank.strategy": strategy, "rank.seed": seed}
-        cfg = _config(config, set_, {**values, **_rule_values(k, tau, layers)})
+        rule = {**_rule_values(k, tau, layers), **_budget_values(budget, budget_hours)}
+        cfg = _config(config, set_, {**values, **rule})
         from .rank import run_rank
 
         render.selection(run_rank(cfg), cfg.run_dir / "selection.json")
@@ -250,6 +280,8 @@ def train(
     layers: LayersOpt = None,
     strategy: StrategyOpt = None,
     seed: SeedOpt = None,
+    budget: BudgetOpt = None,
+    budget_hours: BudgetHoursOpt = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="train.epochs")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="train.lr")] = None,
     max_steps: Annotated[
@@ -277,16 +309,18 @@ def train(
                 "train.max_steps": max_steps,
                 "rank.strategy": strategy,
                 **_rule_values(k, tau, layers),
+                **_budget_values(budget, budget_hours),
             },
         )
         _quiet_libraries()
         from .rank import ranked_now
         from .train import run_train
 
-        # a k or tau typed here ranks the run's scores now, ahead of an older selection.json; otherwise the
-        # run's own plan (rank.layers, --k all, a plan by position, selection.json, or the file's rule on
-        # scores.json)
-        typed_rule = k not in (None, "all") or tau is not None
+        # a k, tau or budget typed here ranks the run's scores now, ahead of an older selection.json;
+        # otherwise the run's own plan (rank.layers, --k all, a plan by position, selection.json, or the
+        # file's rule on scores.json)
+        typed_budget = budget is not None or budget_hours is not None
+        typed_rule = k not in (None, "all") or tau is not None or typed_budget
         plan = ranked_now(cfg) if typed_rule and cfg.rank.strategy in ("scores", "inverse") else None
         render.train_summary(run_train(cfg, plan=plan, resume=resume, overwrite=overwrite), cfg.run_dir)
 
@@ -307,6 +341,32 @@ def eval_(
         from .evaluation import run_eval
 
         render.eval_result(run_eval(cfg), cfg.run_dir / "eval.json")
+
+
+@app.command(short_help="Each layer's step cost on this device -> <run>/costs.json (for --budget).")
+def profile(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    batches: Annotated[
+        int, typer.Option("--batches", min=1, help="Training batches timed per plan, across the lengths.")
+    ] = 6,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="Interleaved rounds over the plans (median taken).")
+    ] = 3,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure what a layer plan costs here: full training steps (forward, backward, AdamW) of the plan {m}
+    for every layer m, and of every layer, on the same training batches, at the config's batch size, lengths,
+    method and precision. Writes <run>/costs.json, from which `rank --budget` predicts any plan's step time
+    and device-hours (the backward stops at the lowest adapted layer; the prefix cache skips the layers below
+    it after the first epoch), and train reports predicted against measured step time."""
+    with _handled(debug):
+        cfg = _config(config, set_, {"output_dir": output_dir})
+        _quiet_libraries()
+        from .profile import run_profile
+
+        render.costs(run_profile(cfg, batches=batches, rounds=rounds), cfg.run_dir / "costs.json")
 
 
 @app.command(short_help="Runs against a baseline, Table 5's columns, seeds as mean ± std.")

@@ -242,6 +242,17 @@ class RankSection(Section):
         "random (k drawn with rank.seed).",
     )
     seed: int = Field(0, description="Seed of the random strategy's draw.")
+    budget: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Select within a cost budget: the plan with the greatest total score whose device-hours, "
+        "predicted from the run's costs.json (actlora profile), are at most this share of LoRA on every "
+        "layer's; of rank.k layers, or of any size without k.",
+    )
+    budget_hours: float | None = Field(
+        None, gt=0.0, description="As rank.budget, in predicted device-hours for the configured epochs."
+    )
     tie_break: Literal["score", "cost"] = Field(
         "score",
         description="cost: when the guided plan's boundary lies within the probe's noise (activation norms "
@@ -275,6 +286,14 @@ class RankSection(Section):
             raise ValueError(
                 f"give one of rank.k, rank.tau and rank.layers, not several ({shown}); drop all but one"
             )
+        if self.budget is not None and self.budget_hours is not None:
+            raise ValueError("give one of rank.budget and rank.budget_hours, not both")
+        if self.budget is not None or self.budget_hours is not None:
+            key = "rank.budget" if self.budget is not None else "rank.budget_hours"
+            if self.tau is not None or self.layers is not None or self.k == "all":
+                raise ValueError(f"{key} chooses the layers itself: give it alone or with an integer rank.k")
+            if self.strategy != "scores":
+                raise ValueError(f"{key} selects by the probe's scores: it needs rank.strategy=scores")
         if self.strategy != "scores" and self.k is None:
             raise ValueError(
                 f"rank.strategy={self.strategy} chooses rank.k layers: give rank.k (tau and layers need "
@@ -369,16 +388,22 @@ class TrainSection(Section):
         "auto",
         description="auto: bf16 autocast on CUDA with bf16, fp16 + grad scaler on other CUDA, fp32 on CPU.",
     )
-    group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
+    group_by_length: bool = Field(
+        True,
+        description="Batch examples of similar length (less padding; sorted within shuffled windows of 50 "
+        "batches). The paper-protocol configs set it off.",
+    )
     frozen_dropout: bool = Field(
         True,
         description="Dropout in the frozen prefix (embeddings and the layers below the lowest adapted "
         "layer); prefix_cache turns it off and records that.",
     )
-    prefix_cache: Literal["off", "memory", "disk"] = Field(
-        "off",
+    prefix_cache: Literal["auto", "off", "memory", "disk"] = Field(
+        "auto",
         description="Compute the frozen prefix's output once per example (first epoch) and reuse it: memory, "
-        "or disk (a memory-mapped file in the run folder, for large tasks).",
+        "or disk (a memory-mapped file in the run folder, for large tasks); auto: memory when the run has "
+        "more than one epoch, the plan leaves layer 0 frozen and the store takes under a quarter of the "
+        "free memory, else off (the choice and why are recorded). The paper-protocol configs set it off.",
     )
     prefix_cache_dtype: Dtype = Field(
         "auto",
@@ -676,3 +701,10 @@ def describe_schema() -> list[tuple[str, str, str]]:
             continue
         walk(section, [section_name])
     return rows
+
+
+def prefix_cache_on(cfg: Config) -> bool:
+    """Whether the run replays a cached prefix after its first epoch, as far as the config decides it (auto
+    also needs the store to fit in memory and the plan to leave layer 0 frozen: see prefix_cache.py)."""
+    mode = cfg.train.prefix_cache
+    return mode in ("memory", "disk") or (mode == "auto" and cfg.train.epochs > 1)

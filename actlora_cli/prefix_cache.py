@@ -236,15 +236,25 @@ def frozen_prefix(
     and the record the summary keeps. A prefix with a trained parameter in it cannot be cached: refused up
     front."""
     lowest = min(layers)
-    keep_dropout = train_cfg.frozen_dropout and train_cfg.prefix_cache == "off"
+    dtype_name = train_cfg.prefix_cache_dtype
+    # auto stores what the prefix computes: the autocast dtype, or fp32 when the run has none
+    dtype = (amp_dtype or torch.float32) if dtype_name == "auto" else torch_dtype(dtype_name, device)
+    store, why = train_cfg.prefix_cache, None
+    if store == "auto":
+        store, why = auto_store(model, arch, lowest, train_cfg.epochs, lengths, dtype)
+    keep_dropout = train_cfg.frozen_dropout and store == "off"
     record: dict[str, Any] = {
         "lowest_trained_layer": lowest,
+        # the cache's setting, what it resolved to and why (auto decides per run)
+        "cache_setting": train_cfg.prefix_cache,
+        "cache_store": store,
+        **({"cache_choice": why} if why else {}),
         "dropout": keep_dropout,
         # replay must equal recomputation, so a cached prefix runs without dropout (and the run says how many
         # dropout rates that zeroed)
         "dropout_rates_zeroed": 0 if keep_dropout else disable_prefix_dropout(model, arch, lowest),
     }
-    if train_cfg.prefix_cache == "off":
+    if store == "off":
         return None, record
     trained = trained_in_prefix(model, arch, lowest)
     if trained:
@@ -261,10 +271,34 @@ def frozen_prefix(
         )
     if lowest == 0:
         ui.note("[yellow]note:[/] the plan includes layer 0, so the prefix cache skips only the embeddings")
-    # auto stores what the prefix computes: the autocast dtype, or fp32 when the run has none
-    name = train_cfg.prefix_cache_dtype
-    dtype = (amp_dtype or torch.float32) if name == "auto" else torch_dtype(name, device)
-    cache = PrefixCache(
-        model, arch, lowest, lengths, dtype, train_cfg.prefix_cache, path, pin=device.type == "cuda"
-    )
+    cache = PrefixCache(model, arch, lowest, lengths, dtype, store, path, pin=device.type == "cuda")
     return cache, record
+
+
+def auto_store(
+    model: nn.Module, arch: Architecture, lowest: int, epochs: float, lengths: list[int], dtype: torch.dtype
+) -> tuple[str, str]:
+    """train.prefix_cache=auto: 'memory' when replay can pay and the store fits, else 'off'; and why."""
+    if epochs <= 1:
+        return "off", "one epoch: nothing would be replayed"
+    if lowest == 0:
+        return "off", "the plan adapts layer 0: no frozen layer to skip"
+    if trained_in_prefix(model, arch, lowest):
+        return "off", "the method trains parameters below the lowest planned layer"
+    need = sum(lengths) * arch.hidden_size * torch.empty((), dtype=dtype).element_size()
+    free = available_memory()
+    if free is not None and need > free / 4:
+        mib = need / 2**20, free / 2**20
+        return "off", f"the store needs {mib[0]:.0f} MiB, over a quarter of the {mib[1]:.0f} MiB free"
+    return "memory", f"more than one epoch; the store needs {need / 2**20:.1f} MiB of host memory"
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available now (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

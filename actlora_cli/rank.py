@@ -3,11 +3,13 @@ and, for train, where a run's plan comes from."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
 from . import artifacts, runfolder, ui
-from .config import Config
+from .config import Config, prefix_cache_on
+from .costmodel import CostModel, RunShape, predict, within_budget
 from .errors import ArtifactError, ConfigError, Problem
 from .selection import (
     POSITIONAL,
@@ -71,6 +73,8 @@ def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
     undefined = scores_doc.get("undefined_layers") or ()  # a scorer's undefined layers are ranked last
     if r.layers is not None:
         return explicit(r.layers, scores_doc["scores"], undefined)
+    if r.budget is not None or r.budget_hours is not None:
+        return budget_plan(cfg, scores_doc)[0]
     if r.k is None and r.tau is None:
         raise ConfigError(
             [
@@ -89,6 +93,72 @@ def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
     if r.tie_break == "cost" and plan.guided:
         plan = cheaper_at_a_tie(plan, scores, scores_doc.get("score_stderr"))
     return plan
+
+
+def read_costs(cfg: Config) -> dict[str, Any]:
+    path = cfg.run_dir / "costs.json"
+    if not path.is_file():
+        key = "rank.budget" if cfg.rank.budget is not None else "rank.budget_hours"
+        raise ArtifactError(
+            Problem(str(path), f"{key} needs the run's costs", "run `actlora profile` first (same config)")
+        )
+    return artifacts.read_artifact(path, "costs", model_name=cfg.model.name)
+
+
+def run_shape(cfg: Config, costs_doc: dict[str, Any], world: int = 1) -> RunShape:
+    """How the configured run spends its steps, from the step count per epoch the profile recorded."""
+    t = cfg.train
+    per_epoch = costs_doc["steps_per_epoch"]
+    total = math.ceil(t.epochs * per_epoch)
+    if t.max_steps is not None:
+        total = min(total, t.max_steps)
+    return RunShape(total, per_epoch, prefix_cache_on(cfg), world)
+
+
+def budget_plan(cfg: Config, scores_doc: dict[str, Any]) -> tuple[Plan, dict[str, Any]]:
+    """rank.budget / rank.budget_hours: the plan of rank.k layers (any size without k) with the greatest total
+    score whose predicted device-hours fit; and the record selection.json keeps of the choice."""
+    r = cfg.rank
+    costs = read_costs(cfg)
+    model, shape = CostModel.from_doc(costs), run_shape(cfg, costs)
+    scores = scores_doc["scores"]
+    every = predict(model, list(range(len(scores))), shape)["device_hours"]
+    limit = r.budget_hours if r.budget_hours is not None else r.budget * every
+    k = r.k if isinstance(r.k, int) else None
+    if k is not None and k > len(scores):
+        raise ConfigError([Problem("rank.k", f"k={k} but the model has {len(scores)} layers", "")])
+    found = within_budget(model, scores, shape, limit * 3600 / shape.world, k)
+    key = "rank.budget" if r.budget is not None else "rank.budget_hours"
+    if found is None:
+        size = k or 1
+        top = list(range(len(scores) - size, len(scores)))  # the top-most layers: the cheapest plan
+        need = predict(model, top, shape)["device_hours"]
+        raise ConfigError(
+            [
+                Problem(
+                    key,
+                    f"no plan of {size if k else 'any number of'} layer(s) fits {limit:.6f} predicted "
+                    f"device-hours; the cheapest needs {need:.6f} ({need / every:.3f} of every layer's "
+                    f"{every:.6f})",
+                    "raise the budget" + (" or lower rank.k" if k else ""),
+                )
+            ]
+        )
+    layers, _, search = found
+    undefined = scores_doc.get("undefined_layers") or ()
+    plan = explicit(layers, scores, undefined)
+    plan = replace(plan, rule="budget", strategy="scores")
+    predicted = predict(model, layers, shape)
+    record = {
+        "limit_device_hours": round(limit, 6),
+        "fraction": r.budget,
+        "lora_all_device_hours": every,
+        "predicted": predicted,
+        "share_of_lora_all": round(predicted["device_hours"] / every, 4) if every else None,
+        "search": search,
+        "costs_hash": artifacts.file_hash(cfg.run_dir / "costs.json"),
+    }
+    return plan, record
 
 
 def resolve_plan(cfg: Config, num_layers: int) -> Plan:
@@ -170,6 +240,7 @@ def run_rank(cfg: Config) -> dict[str, Any]:
         "task": source.get("task", {"name": cfg.task.name}),
         "scores_hash": None if scores_doc is None else artifacts.file_hash(_scores_path(cfg)),
         "boundary": _boundary(plan, scores_doc),
+        "budget": budget_plan(cfg, scores_doc)[1] if plan.rule == "budget" and scores_doc else None,
     }
     return artifacts.finish_stage(cfg, "selection", payload)
 

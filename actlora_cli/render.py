@@ -86,6 +86,45 @@ def selection(doc: dict[str, Any], path: Path) -> None:
     ui.out.print(table)
     coverage = "" if plan.coverage is None else f" (share of the score {plan.coverage:.3f})"
     ui.out.print(f"selected layers {plan.layers}{coverage} -> {path}")
+    budget = doc.get("budget")
+    if budget:
+        ui.out.print(
+            f"predicted {budget['predicted']['device_hours']:.6f} device-hours "
+            f"({budget['share_of_lora_all']:.3f} of every layer's {budget['lora_all_device_hours']:.6f}; "
+            f"budget {budget['limit_device_hours']:.6f}, {budget['search']} search)"
+        )
+
+
+def costs(doc: dict[str, Any], path: Path) -> None:
+    """costs.json: per lowest adapted layer, the step time and the prefix's share; every layer's step."""
+    if ui.quiet():
+        return
+    from .costmodel import CostModel
+
+    model = CostModel.from_doc(doc)
+    table = _table(
+        f"step cost on {doc['device']}: {doc['method']} at batch {doc['batch_size']}, "
+        f"{doc['batches']} batches x {doc['rounds']} rounds",
+        dict.fromkeys(("plan", "step s", "measured s", "prefix fwd s", "round spread"), "right"),
+    )
+    s = doc["step_seconds"]
+    for m, step in enumerate(s["lowest"]):
+        table.add_row(
+            f"{{{m}}}", f"{step:.4f}", f"{s['measured_lowest'][m]:.4f}",
+            f"{doc['prefix_forward_seconds'][m]:.4f}", f"{doc['round_spread']['lowest'][m]:.3f}",
+        )  # fmt: skip
+    spread = doc["round_spread"]["all"]
+    table.add_row("every layer", f"{s['all']:.4f}", f"{s['all']:.4f}", "", f"{spread:.3f}")
+    ui.out.print(table)
+    ui.out.print(
+        f"each layer above the lowest adds {model.adapter:.4f} s; step(P) = step[min P] + (|P| - 1) x that "
+        f"-> {path}"
+    )
+    if max(doc["round_spread"]["lowest"] + [doc["round_spread"]["all"]]) > 0.25:
+        ui.note(
+            "[yellow]warning:[/] the rounds disagree by over 25%: other work is loading this machine; "
+            "profile again when it is quiet, or with more --rounds"
+        )
 
 
 def train_summary(doc: dict[str, Any], run_dir: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import artifacts, runfolder, ui
+from . import artifacts, costmodel, runfolder, ui
 from .adapters import Adapted, adapted_layers, apply_method, count_parameters
 from .checkpoints import last_checkpoint, load_state, save_checkpoint, seed_everything, set_rng_state
 from .config import Config
@@ -514,7 +514,7 @@ def run_train(
                     break
     totals.train_seconds = time.perf_counter() - loop_start
     if run.cache is not None:
-        run.prefix["cache"] = {"store": t.prefix_cache, **run.cache.report()}
+        run.prefix["cache"] = {"store": run.prefix["cache_store"], **run.cache.report()}
         run.cache.close()
     weights = cfg.run_dir / run.adapted.weights_dir
     if run.ctx.is_main:
@@ -625,7 +625,37 @@ def summary(
             "loop_seconds": round(seconds, 3),
         },
         "host": host.report(),
+        "prediction": predicted_vs_measured(run, step, totals),
         "peak_memory_mib": totals.peak_mib if ctx.device.type == "cuda" else None,
         "precision": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else "fp32",
         "wall_seconds": round(time.perf_counter() - started, 3),
     }  # fmt: skip
+
+
+def predicted_vs_measured(run: Run, step: int, totals: Totals) -> dict[str, Any] | None:
+    """The cost model's step time for this plan (from the run folder's costs.json, ``actlora profile``)
+    against the measured one; None without a profile, and the reason when it does not apply."""
+    cfg = run.cfg
+    path = cfg.run_dir / "costs.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = artifacts.read_artifact(path, "costs", model_name=cfg.model.name)
+    except ArtifactError as exc:
+        return {"skipped": exc.problems[0].what}
+    differ = costmodel.settings_differ(doc, cfg, run.ctx.device.type)
+    if run.ctx.world > 1:
+        differ.append(f"world size 1 -> {run.ctx.world} (the profile measures one process)")
+    if differ:
+        return {"skipped": "profiled under other settings: " + "; ".join(differ)}
+    shape = costmodel.RunShape(step, run.steps_per_epoch, run.cache is not None, run.ctx.world)
+    predicted = costmodel.predict(costmodel.CostModel.from_doc(doc), run.plan.layers, shape)
+    measured = sum(totals.phase_ms) / 1000 / max(1, totals.steps_timed)
+    return {
+        "costs_hash": artifacts.file_hash(path),
+        **predicted,
+        "measured_mean_step_seconds": round(measured, 6),
+        "measured_over_predicted": round(measured / predicted["mean_step_seconds"], 4)
+        if predicted["mean_step_seconds"]
+        else None,
+    }

@@ -124,4 +124,45 @@ def test_disk_store_is_removed_when_the_run_fails(tmp_path, tiny_models, tiny_ta
 
 def test_frozen_dropout_is_recorded_when_left_on(tmp_path, tiny_models, tiny_task):
     summary, _, _ = _run(tmp_path, "run", tiny_models["bert"], tiny_task, epochs=1)
-    assert summary["frozen_prefix"] == {"lowest_trained_layer": 2, "dropout": True, "dropout_rates_zeroed": 0}
+    assert summary["frozen_prefix"] == {
+        "lowest_trained_layer": 2,
+        "cache_setting": "off",
+        "cache_store": "off",
+        "dropout": True,
+        "dropout_rates_zeroed": 0,
+    }
+
+
+def test_auto_caches_only_when_replay_can_pay(tmp_path, tiny_models, tiny_task):
+    """train.prefix_cache=auto (the default): memory for a multi-epoch run whose plan leaves layer 0 frozen,
+    off for one epoch or a plan on layer 0, with the reason recorded; the cached run replays."""
+    summary, _, _ = _run(tmp_path, "auto", tiny_models["bert"], tiny_task, prefix_cache="auto")
+    info = summary["frozen_prefix"]
+    assert (info["cache_setting"], info["cache_store"]) == ("auto", "memory")
+    assert info["dropout"] is False and "more than one epoch" in info["cache_choice"]
+    assert info["cache"]["forwards_replayed"] == 24
+    one, _, _ = _run(tmp_path, "one", tiny_models["bert"], tiny_task, prefix_cache="auto", epochs=1)
+    assert (
+        one["frozen_prefix"]["cache_store"] == "off" and "one epoch" in one["frozen_prefix"]["cache_choice"]
+    )
+    assert one["frozen_prefix"]["dropout"] is True  # off: the prefix keeps its dropout
+    zero, _, _ = _run(tmp_path, "zero", tiny_models["bert"], tiny_task, layers=(0, 3), prefix_cache="auto")
+    assert (
+        zero["frozen_prefix"]["cache_store"] == "off" and "layer 0" in zero["frozen_prefix"]["cache_choice"]
+    )
+
+
+def test_auto_refuses_a_store_over_a_quarter_of_free_memory(monkeypatch, tiny_models):
+    from actlora_cli import prefix_cache
+    from actlora_cli.modeling import locate
+
+    model = __import__("transformers").AutoModelForSequenceClassification.from_pretrained(tiny_models["bert"])
+    model.requires_grad_(False)  # frozen, as under an adapter
+    arch = locate(model)
+    lengths = [10] * 100
+    need = 1_000 * arch.hidden_size * 4  # 1,000 tokens x hidden x 4 bytes
+    monkeypatch.setattr(prefix_cache, "available_memory", lambda: 4 * need + 4)
+    assert prefix_cache.auto_store(model, arch, 2, 3, lengths, torch.float32)[0] == "memory"
+    monkeypatch.setattr(prefix_cache, "available_memory", lambda: 4 * need - 4)
+    store, why = prefix_cache.auto_store(model, arch, 2, 3, lengths, torch.float32)
+    assert store == "off" and "quarter" in why
