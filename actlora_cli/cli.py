@@ -577,6 +577,44 @@ def study_thresholds_cmd(
         render.study(out, "thresholds")
 
 
+@study_app.command("frontier")
+def study_frontier_cmd(
+    out: OutOpt,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    k: Annotated[str | None, typer.Option("--k", help="Comma-separated k values (default 1..L).")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated training seeds.")] = "0,1",
+    draws: Annotated[int, typer.Option("--draws", min=1, help="Random plans per k.")] = 3,
+    budget: Annotated[
+        float,
+        typer.Option("--budget", min=0.01, max=1.0, help="The budget plan's share of every layer's cost."),
+    ] = 0.75,
+    protocol_check: Annotated[
+        bool,
+        typer.Option(
+            "--protocol-check/--no-protocol-check",
+            help="Also train the guided plan and every layer with the paper's loop (no length grouping, no "
+            "prefix cache), to show the fast defaults' effect.",
+        ),
+    ] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Does guidance pay at equal cost? Per k, train the guided plan, the budget-selected plan, the last,
+    first and uniform k layers and --draws random plans (each distinct plan once per seed), and every layer;
+    evaluate on the whole validation split; report metric against device-hours (probe included) with the
+    Pareto front, guided minus each plan paired over seeds and examples with bootstrap 95 % intervals, per k
+    and per cost bucket, guided's percentile among the random plans, and predicted against measured step time.
+    Resumable: runs already made from the same config are reused."""
+    with _handled(debug):
+        cfg = _config(config, set_, {})
+        _quiet_libraries()
+        from .frontier import run_frontier
+
+        ks = None if k is None else _numbers(k, int, "--k")
+        run_frontier(cfg, out, ks, tuple(_numbers(seeds, int, "--seeds")), draws, budget, protocol_check)
+        render.study(out, "frontier")
+
+
 @data_app.command("fetch")
 def data_fetch(
     dir_: Annotated[
