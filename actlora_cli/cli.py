@@ -35,7 +35,6 @@ app = Typer(
         "sentences) is used."
     ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
@@ -129,9 +128,25 @@ def _handled(debug: bool, resume: str | None = None):
             teardown()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("actlora")
+        except PackageNotFoundError:  # run from a clone that was never installed
+            from . import __version__ as number
+        typer.echo(f"actlora {number}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print actlora's version and exit."),
+    ] = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
 ) -> None:

@@ -61,6 +61,25 @@ def with_output_flags(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _flags_take_no_value() -> None:
+    """typer's rich help (0.29) shows a ``<bool>`` type beside every flag (--help included), as if it took a
+    value; its plain help and click show none. Show none there too: a flag's type column stays empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_flags_take_no_value", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._flags_take_no_value = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
+
 class Typer(typer.Typer):
     """typer.Typer whose every command takes --quiet/-q and --json (with_output_flags)."""
 

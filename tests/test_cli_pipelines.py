@@ -1,9 +1,13 @@
-"""The command line in pipelines: --json (one document on stdout, the artefact written) and --quiet."""
+"""The command line in pipelines: --json (one document on stdout, the artefact written), --quiet, --version,
+shell completion, and help without value placeholders on flags."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,6 +131,13 @@ def test_a_command_that_writes_no_json_document_fails_loudly(monkeypatch):
     assert "wrote 0 JSON documents" in str(result.exception)
 
 
+def test_version():
+    from importlib.metadata import version
+
+    result, out, _ = _run("--version")
+    assert result.exit_code == 0 and out == f"actlora {version('actlora')}\n"
+
+
 def _commands(command, path=()):
     """(path, click command) of every command, groups and leaves."""
     yield path, command
@@ -134,9 +145,23 @@ def _commands(command, path=()):
         yield from _commands(sub, (*path, name))
 
 
-def test_every_command_has_json_and_quiet():
+def test_help_shows_no_value_for_flags_and_every_command_has_json_and_quiet():
     for path, command in _commands(get_command(app)):
         result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, path
+        assert "<bool>" not in result.stdout, path
         if path == () or not hasattr(command, "commands"):  # the app and every command; not data, study
             assert "--json" in result.stdout and "--quiet" in result.stdout, path
+
+
+def test_shell_completion_completes_commands_and_options():
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "_ACTLORA_COMPLETE": "complete_bash",
+        "COMP_WORDS": "actlora rank --js",
+        "COMP_CWORD": "2",
+    }
+    done = subprocess.run([sys.executable, "-m", "actlora_cli"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == ["--json"]
+    assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
