@@ -45,12 +45,20 @@ study_app = Typer(
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
+configs_app = Typer(
+    help="The shipped configs (packaged with actlora): list them, copy one to edit; --config takes a name.",
+    no_args_is_help=True,
+)
+app.add_typer(configs_app, name="configs")
 
 # Shared option aliases: every command spells a setting the same way.
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="YAML config (a path, or a file name under ./configs).", show_default=False
+        "--config",
+        "-c",
+        help="YAML config: a path, or a shipped config's name (actlora configs list).",
+        show_default=False,
     ),
 ]
 SetOpt = Annotated[
@@ -562,6 +570,52 @@ def data_fetch(
 
         root = fetch(Path(dir_) if dir_ else cache_dir(), force=force)
         render.data_manifest(json.loads((root / "manifest.json").read_text()), root)
+
+
+@configs_app.command("list")
+def configs_list(debug: DebugOpt = False) -> None:
+    """The shipped configs: name (what --config takes), model, task, method and the layer rule (k or tau)."""
+    with _handled(debug):
+        from .config import packaged_config, packaged_config_names
+
+        rows = []
+        for name in packaged_config_names():
+            cfg = load_config(packaged_config(name))
+            rule = f"k={cfg.rank.k}" if cfg.rank.k is not None else f"tau={cfg.rank.tau}"
+            rows.append(
+                {
+                    "name": name,
+                    "model": cfg.model.name,
+                    "task": cfg.task.name,
+                    "method": cfg.lora.method,
+                    "rule": "layers=" + ",".join(map(str, cfg.rank.layers)) if cfg.rank.layers else rule,
+                }
+            )
+        render.configs(rows)
+
+
+@configs_app.command("copy")
+def configs_copy(
+    name: Annotated[str, typer.Argument(help="A shipped config (actlora configs list), .yaml optional.")],
+    dest: Annotated[Path, typer.Argument(help="The file to write, or a folder to copy it into.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Copy a shipped config to DEST, comments and all, to edit and run with --config DEST."""
+    with _handled(debug):
+        from .config import packaged_config, packaged_configs_root
+
+        source = packaged_config(name)
+        if source is None:
+            what, fix = "no shipped config by this name", "`actlora configs list` names them"
+            raise ActloraError(Problem(name, what, fix))
+        target = dest / source.name if dest.is_dir() else dest
+        if target.exists() and not force:
+            raise ActloraError(Problem(str(target), "exists already", "choose another DEST, or add --force"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        shipped = source.relative_to(packaged_configs_root()).as_posix()
+        render.copied({"name": shipped, "source": str(source), "path": str(target)})
 
 
 @app.command("config", short_help="Validate a config and print it resolved.")

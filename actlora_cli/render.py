@@ -239,6 +239,23 @@ def data_manifest(manifest: dict[str, Any], root: Path) -> None:
     ui.out.print(table)
 
 
+@_result()
+def configs(rows: list[dict[str, str]]) -> None:
+    """The shipped configs, one row each (``actlora configs list``)."""
+    table = _table(
+        "shipped configs (--config NAME)", dict.fromkeys(("name", "model", "task", "method", "k/tau"), "left")
+    )
+    for row in rows:
+        table.add_row(row["name"], row["model"], row["task"], row["method"], row["rule"])
+    ui.out.print(table)
+
+
+@_result()
+def copied(doc: dict[str, str]) -> None:
+    """Where ``actlora configs copy`` put a shipped config."""
+    ui.out.print(f"{doc['name']} -> {doc['path']}", markup=False, highlight=False)
+
+
 @_result(lambda cfg: cfg.to_dict())
 def resolved_config(cfg: Config) -> None:
     """A config as config.resolved.yaml holds it."""

@@ -1,13 +1,15 @@
 """The command line in pipelines: --json (one document on stdout, the artefact written), --quiet, --version,
-shell completion, and help without value placeholders on flags."""
+shell completion, help without value placeholders on flags, and the configs that ship with the package."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,10 @@ from actlora_cli import render, ui
 from actlora_cli.cli import app
 from actlora_cli.config import (
     load_config,
+    packaged_config,
+    packaged_config_names,
+    packaged_configs_root,
+    resolve_config_path,
 )
 from tests.conftest import tiny_config
 
@@ -165,3 +171,106 @@ def test_shell_completion_completes_commands_and_options():
     done = subprocess.run([sys.executable, "-m", "actlora_cli"], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.split() == ["--json"]
     assert "--install-completion" in runner.invoke(app, ["--help"]).stdout
+
+
+# --- the configs that ship with the package ----------------------------------------------------------------
+
+
+def test_configs_list(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the clone: the names come from the package
+    rows = _json("configs", "list", "--json")
+    assert [r["name"] for r in rows] == packaged_config_names()
+    assert len(rows) == len(list((ROOT / "configs").glob("**/*.yaml")))
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["deberta_v3_base/deberta_sst2.yaml"] == {
+        "name": "deberta_v3_base/deberta_sst2.yaml",
+        "model": "microsoft/deberta-v3-base",
+        "task": "sst2",
+        "method": "lora",
+        "rule": "k=6",
+    }
+    result, out, _ = _run("configs", "list")
+    assert result.exit_code == 0 and "minilm_movies.yaml" in out and "k/tau" in out
+
+
+def test_configs_copy_refuses_to_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = (ROOT / "configs" / "deberta_v3_base" / "deberta_sst2.yaml").read_text()
+    result, out, err = _run("configs", "copy", "deberta_sst2", "mine.yaml")
+    assert result.exit_code == 0, out + err
+    assert (tmp_path / "mine.yaml").read_text() == shipped  # comments and all
+    (tmp_path / "mine.yaml").write_text("rank:\n  k: 2\n")
+    result, out, err = _run("configs", "copy", "deberta_v3_base/deberta_sst2.yaml", "mine.yaml")
+    assert result.exit_code == 2 and "exists already" in err and "--force" in err
+    assert (tmp_path / "mine.yaml").read_text() == "rank:\n  k: 2\n"
+    assert _run("configs", "copy", "deberta_sst2", "mine.yaml", "--force")[0].exit_code == 0
+    assert (tmp_path / "mine.yaml").read_text() == shipped
+    (tmp_path / "into").mkdir()
+    doc = _json("configs", "copy", "minilm_movies", "into", "--json")
+    assert doc["name"] == "minilm_movies.yaml" and Path(doc["path"]) == Path("into/minilm_movies.yaml")
+    assert (tmp_path / "into" / "minilm_movies.yaml").is_file()
+    result, out, err = _run("configs", "copy", "no_such_config", "x.yaml")
+    assert result.exit_code == 2 and "configs list" in err and not (tmp_path / "x.yaml").exists()
+
+
+def test_config_names_resolve_to_the_packaged_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    root = packaged_configs_root()
+    sst2 = root / "deberta_v3_base" / "deberta_sst2.yaml"
+    for name in (
+        "deberta_v3_base/deberta_sst2.yaml",
+        "deberta_v3_base/deberta_sst2",
+        "deberta_sst2",
+        "deberta_sst2.yaml",
+        "configs/deberta_v3_base/deberta_sst2.yaml",
+    ):
+        assert resolve_config_path(name) == sst2, name
+    assert resolve_config_path("configs/minilm_movies.yaml") == root / "minilm_movies.yaml"
+    assert packaged_config("deberta_v3_base") is None  # a folder is not a config
+    assert packaged_config("nope") is None and resolve_config_path("nope.yaml") == Path("nope.yaml")
+    config = _json("config", "-c", "deberta_v3_base/deberta_sst2", "--json")
+    assert config["model"]["name"] == "microsoft/deberta-v3-base" and config["task"]["name"] == "sst2"
+    # a real path always wins
+    (tmp_path / "deberta_v3_base").mkdir()
+    (tmp_path / "deberta_v3_base" / "deberta_sst2.yaml").write_text("rank:\n  k: 2\n")
+    assert resolve_config_path("deberta_v3_base/deberta_sst2.yaml") == Path(
+        "deberta_v3_base/deberta_sst2.yaml"
+    )
+    assert _json("config", "-c", "deberta_v3_base/deberta_sst2.yaml", "--json")["rank"]["k"] == 2
+
+
+def test_the_wheel_carries_the_configs_and_every_module(tmp_path):
+    """Build the wheel (offline, with the setuptools installed here) and read what it holds; then use it as
+    an installed package, away from the clone."""
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("actlora_cli", "configs"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
+    built = subprocess.run([*command, str(src), "-w", str(tmp_path / "dist")], capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {built.stderr[-500:]}")
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {
+        f"actlora_cli/configs/{p.relative_to(ROOT / 'configs').as_posix()}"
+        for p in ROOT.glob("configs/**/*.yaml")
+    }
+    modules = {p.relative_to(ROOT).as_posix() for p in ROOT.glob("actlora_cli/**/*.py")}
+    assert configs and configs <= names and modules <= names, sorted((configs | modules) - names)
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "from actlora_cli.config import packaged_config, packaged_configs_root as root\n"
+        "print(root()); print(packaged_config('deberta_sst2'))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        str(site / "actlora_cli" / "configs"),
+        str(site / "actlora_cli" / "configs" / "deberta_v3_base" / "deberta_sst2.yaml"),
+    ]
