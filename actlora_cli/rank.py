@@ -260,8 +260,8 @@ def _boundary(plan: Plan, scores_doc: dict[str, Any] | None) -> dict[str, Any] |
             "the probe cannot tell them apart, and the higher one costs no more"
         )
     elif edge["within_noise"]:
-        ui.note(
-            f"[yellow]warning:[/] the plan's boundary lies within the probe's noise: layer "
+        ui.warn(
+            f"the plan's boundary lies within the probe's noise: layer "
             f"{edge['last_in']} is in and layer {edge['first_out']} out, {edge['gap']:.4f} apart against a "
             f"standard error of {edge['noise']:.4f} for the difference; another probe could swap them "
             "(more probe.steps narrow it; rank.tie_break=cost takes the cheaper of the two)"

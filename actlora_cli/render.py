@@ -1,13 +1,17 @@
 """What the commands show: one function per artefact kind, each printing a stage's document to stdout.
 
 Results go to stdout (``ui.out``) so they can be piped; progress and notes stay on stderr. The stages that run
-under torchrun (probe, train, eval, ablate) show their result on rank 0 only. No torch here: the CLI imports
-this module before it knows whether a stage will run.
+under torchrun (probe, train, eval, ablate) show their result on rank 0 only. Every renderer is a
+``@_result``: under --quiet it shows nothing, under --json it writes its document (the artefact the stage
+wrote) as JSON instead. No torch here: the CLI imports this module before it knows whether a stage will run.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,26 @@ from rich.cells import cell_len
 from rich.table import Table
 
 from . import ui
+from .artifacts import SCHEMA_VERSION
 from .config import Config, dump_yaml
 from .selection import Plan
+
+
+def _result(document: Callable[..., Any] | None = None) -> Callable:
+    """A renderer of a command's result: shown unless quiet (--quiet, --json, a non-main rank); under --json
+    ``document(*args)`` (by default the first argument) is written as the one JSON document instead."""
+
+    def decorate(show: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(show)
+        def render(*args: Any) -> None:
+            if ui.json_output():
+                ui.json_document(document(*args) if document else args[0])
+            elif not ui.quiet():
+                show(*args)
+
+        return render
+
+    return decorate
 
 
 def _table(title: str, columns: dict[str, str]) -> Table:
@@ -43,10 +65,15 @@ def markdown(text: str) -> None:
     sys.stdout.write(text)
 
 
+@_result(lambda report, text: {"kind": "comparison", "schema_version": SCHEMA_VERSION, **report})
+def comparison(report: dict[str, Any], text: str) -> None:
+    """compare's report: its Markdown (``text``); under --json the report as ``compare --out`` writes it."""
+    markdown(text)
+
+
+@_result()
 def scores(doc: dict[str, Any], path: Path) -> None:
     """scores.json: each layer's raw statistic and normalised score, with a bar, then what the probe saw."""
-    if ui.quiet():
-        return
     where = f" at {doc['site']}" if doc["site"] else ""
     table = _table(
         f"{doc['scorer']}{where}: {doc['model']['name']} on {doc['task']['name']}",
@@ -63,6 +90,7 @@ def scores(doc: dict[str, Any], path: Path) -> None:
     )
 
 
+@_result()
 def selection(doc: dict[str, Any], path: Path) -> None:
     """selection.json: the ranking with scores and C(k), the chosen layers marked."""
     plan = Plan.from_doc(doc, str(path))
@@ -127,10 +155,9 @@ def costs(doc: dict[str, Any], path: Path) -> None:
         )
 
 
+@_result()
 def train_summary(doc: dict[str, Any], run_dir: Path) -> None:
     """train_summary.json: final metrics, trainable share and the cost account."""
-    if ui.quiet():
-        return
     table = _value_table(
         f"train: {doc['method']} on {doc['model']['name']}, {doc['task']['name']}, "
         f"layers {doc['plan']['layers']}",
@@ -152,10 +179,9 @@ def train_summary(doc: dict[str, Any], run_dir: Path) -> None:
     ui.out.print(f"adapter -> {run_dir / 'adapter'}")
 
 
+@_result()
 def eval_result(doc: dict[str, Any], path: Path) -> None:
     """eval.json: metrics, then latency and throughput unmerged and merged (or why a mode was skipped)."""
-    if ui.quiet():
-        return
     table = _value_table(
         f"eval: {doc['model']['name']} on {doc['task']['name']} ({doc['device']})", doc["metrics"]
     )
@@ -179,10 +205,9 @@ def eval_result(doc: dict[str, Any], path: Path) -> None:
     ui.out.print(f"-> {path}")
 
 
+@_result()
 def ablation(doc: dict[str, Any]) -> None:
     """ablation.json: per layer, the metric drop with each part's adapters off, and the importance."""
-    if ui.quiet():
-        return
     parts = list(doc["drop"])
     table = _table(
         f"ablation: {doc['metric']} {doc['full_metric']:.4f} with every adapter on",
@@ -195,6 +220,7 @@ def ablation(doc: dict[str, Any]) -> None:
     ui.out.print(table)
 
 
+@_result()
 def sweep_plan(doc: dict[str, Any], out: Path) -> None:
     """A dry run's plan: what each point and each task's probe would run."""
     table = _table(
@@ -208,6 +234,9 @@ def sweep_plan(doc: dict[str, Any], out: Path) -> None:
         ui.out.print(f"probe {task}: {probe['action']} ({probe['folder']})")
 
 
+@_result(
+    lambda doc, out: {"kind": "sweep", "schema_version": SCHEMA_VERSION, **doc}
+)  # as sweep.json holds it
 def sweep(doc: dict[str, Any], out: Path) -> None:
     """sweep.json: one row per point, then each task's comparison (its Markdown, as written)."""
     columns = {"task": "left", "point": "left", "ran": "left", "metric": "left"}
@@ -232,11 +261,13 @@ def sweep(doc: dict[str, Any], out: Path) -> None:
         markdown(f"\n## {task}\n{note}\n" + Path(comparison["markdown"]).read_text())
 
 
+@_result(lambda out, name: json.loads((out / f"{name}.json").read_text()))
 def study(out: Path, name: str) -> None:
     """A study's report: the <out>/<name>.md it wrote."""
     markdown((out / f"{name}.md").read_text())
 
 
+@_result()
 def data_manifest(manifest: dict[str, Any], root: Path) -> None:
     """The prepared sentiment data's manifest.json: examples per domain and split."""
     table = _table(
@@ -247,6 +278,24 @@ def data_manifest(manifest: dict[str, Any], root: Path) -> None:
     ui.out.print(table)
 
 
+@_result()
+def configs(rows: list[dict[str, str]]) -> None:
+    """The shipped configs, one row each (``actlora configs list``)."""
+    table = _table(
+        "shipped configs (--config NAME)", dict.fromkeys(("name", "model", "task", "method", "k/tau"), "left")
+    )
+    for row in rows:
+        table.add_row(row["name"], row["model"], row["task"], row["method"], row["rule"])
+    ui.out.print(table)
+
+
+@_result()
+def copied(doc: dict[str, str]) -> None:
+    """Where ``actlora configs copy`` put a shipped config."""
+    ui.out.print(f"{doc['name']} -> {doc['path']}", markup=False, highlight=False)
+
+
+@_result(lambda cfg: cfg.to_dict())
 def resolved_config(cfg: Config) -> None:
     """A config as config.resolved.yaml holds it."""
     # verbatim: a value holding [brackets] (a path, a model name) would otherwise be read as rich markup

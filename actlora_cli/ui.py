@@ -1,8 +1,14 @@
-"""Console output: results to stdout (pipeline-friendly), progress and notes to stderr."""
+"""Console output: results to stdout (pipeline-friendly), progress and notes to stderr.
+
+The output mode (``--quiet``, ``--json``; see output.py) lives here, so every stage and renderer reads one
+switch: quiet hides progress, notes and result tables; json also hides them and writes the result as one JSON
+document on stdout instead. Warnings and errors go to stderr in every mode.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -24,14 +30,60 @@ out = Console(soft_wrap=not sys.stdout.isatty())
 err = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
+# the output mode of the command running: set by output_mode, read through quiet() and json_output()
+_mode = {"quiet": False, "json": False, "documents": 0}
+
+
+def main_rank() -> bool:
+    """False on non-main DDP ranks: only rank 0 talks."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def quiet() -> bool:
-    """True on non-main DDP ranks: only rank 0 talks."""
-    return int(os.environ.get("RANK", "0")) != 0
+    """True when progress, notes and result tables are not shown: --quiet, --json, or a non-main DDP rank."""
+    return _mode["quiet"] or _mode["json"] or not main_rank()
+
+
+def json_output() -> bool:
+    """True under --json: the result is one JSON document on stdout (json_document), nothing else is."""
+    return _mode["json"]
+
+
+@contextlib.contextmanager
+def output_mode(quiet: bool = False, as_json: bool = False) -> Iterator[None]:
+    """Quiet or JSON output for the duration (on top of the mode already set); the earlier mode after."""
+    saved = dict(_mode)
+    _mode.update(quiet=saved["quiet"] or quiet, json=saved["json"] or as_json, documents=0)
+    try:
+        yield
+    finally:
+        _mode.update(saved)
+
+
+def documents() -> int:
+    """How many JSON documents json_document has written in the current output mode."""
+    return _mode["documents"]
+
+
+def json_document(doc: object) -> None:
+    """The result as one JSON document on stdout, written as artefacts are (artifacts.write_artifact), so it
+    equals the file the stage wrote; by rank 0 only."""
+    if not main_rank():
+        return
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+    _mode["documents"] += 1
 
 
 def note(message: str) -> None:
     if not quiet():
         err.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, shown under --quiet and --json too; by rank 0 only (all ranks would repeat it)."""
+    if main_rank():
+        err.print(f"[yellow]warning:[/] {message}")
 
 
 @contextlib.contextmanager
