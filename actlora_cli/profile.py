@@ -203,6 +203,11 @@ def run_profile(cfg: Config, batches: int = 8, rounds: int = 3) -> dict[str, Any
     # how far rounds disagree: per plan, (max - min) / median of the round means
     round_means = [[statistics.fmean(s[0] for s in rnd) for rnd in samples[p]] for p in range(len(plans))]
     spread = [(max(m) - min(m)) / statistics.median(m) for m in round_means]
+    if max(spread) > 0.25:
+        ui.warn(
+            f"the profile's rounds disagree by up to {100 * max(spread):.0f}%: other work is loading this "
+            "machine; profile again when it is quiet, or with more --rounds"
+        )
     peaks = [max((s[3] or 0.0) for rnd in samples[p] for s in rnd) for p in range(len(plans))]
     on_gpu = ctx.device.type == "cuda"
     doc = {

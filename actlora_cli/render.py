@@ -123,10 +123,9 @@ def selection(doc: dict[str, Any], path: Path) -> None:
         )
 
 
+@_result()
 def costs(doc: dict[str, Any], path: Path) -> None:
     """costs.json: per lowest adapted layer, the step time and the prefix's share; every layer's step."""
-    if ui.quiet():
-        return
     from .costmodel import CostModel
 
     model = CostModel.from_doc(doc)
@@ -148,11 +147,6 @@ def costs(doc: dict[str, Any], path: Path) -> None:
         f"each layer above the lowest adds {model.adapter:.4f} s; step(P) = step[min P] + (|P| - 1) x that "
         f"-> {path}"
     )
-    if max(doc["round_spread"]["lowest"] + [doc["round_spread"]["all"]]) > 0.25:
-        ui.note(
-            "[yellow]warning:[/] the rounds disagree by over 25%: other work is loading this machine; "
-            "profile again when it is quiet, or with more --rounds"
-        )
 
 
 @_result()
