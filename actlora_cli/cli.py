@@ -69,7 +69,10 @@ SetOpt = Annotated[
 ]
 OutputOpt = Annotated[str | None, typer.Option("--output-dir", "-o", help="Run folder (output_dir).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of this stage (probe.seed / train.seed).")]
-StepsOpt = Annotated[int | None, typer.Option("--steps", help="S: probe mini-batches (probe.steps).")]
+StepsOpt = Annotated[
+    str | None,
+    typer.Option("--steps", help="S: probe mini-batches, or auto: until the plan is resolved (probe.steps)."),
+]
 SiteOpt = Annotated[
     str | None, typer.Option("--site", help="Probe site: post_attn, pre_attn or block_out (probe.site).")
 ]

@@ -205,11 +205,35 @@ class ProbeSection(Section):
         "hidden states entering the Q/V projections; block_out: the block's output (flat for post-LN "
         "models).",
     )
-    steps: int = Field(
-        200, ge=1, description="S: number of probe mini-batches (the paper: 200 DeBERTa, 10 Llama)."
+    steps: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        200,
+        description="S: number of probe mini-batches (the paper: 200 DeBERTa, 10 Llama); auto "
+        "(activation_norm only): stop once the plan for rank.k or rank.tau is resolved, at most "
+        "probe.max_steps.",
+    )
+    max_steps: int = Field(
+        200, ge=1, description="probe.steps=auto: the most batches probed (the cap; the paper's S)."
+    )
+    min_steps: int = Field(
+        8,
+        ge=2,
+        description="probe.steps=auto: the first check of the stop rule, after this many batches (or at "
+        "the cap, if lower).",
     )
     batch_size: int = Field(32, ge=1, description="Examples per probe batch.")
     seed: int = Field(0, description="Seed of the probe batches' sampling.")
+
+    @field_validator("steps")
+    @classmethod
+    def _auto_needs_a_standard_error(cls, v: int | str, info) -> int | str:
+        scorer = info.data.get("scorer")
+        if v == "auto" and scorer is not None and scorer != "activation_norm":
+            raise Invalid(
+                f"probe.steps=auto stops on the activation probe's standard error; probe.scorer={scorer} "
+                "records none",
+                "give probe.steps a number of batches, or use probe.scorer=activation_norm",
+            )
+        return v
 
     @model_validator(mode="after")
     def _weight_delta_needs_adapter(self) -> ProbeSection:

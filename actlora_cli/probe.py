@@ -14,6 +14,7 @@ from .errors import DataError, Problem
 from .modeling import Loaded, load_for
 from .scoring import SCORERS
 from .selection import min_max, min_max_stderr
+from .stopping import AutoStop
 
 
 def probe_batches(
@@ -54,16 +55,31 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
     data = encoded_split(loaded.tokenizer, cfg.task, spec, cfg.task.train_split)
     p = cfg.probe
     scorer = SCORERS[p.scorer]
+    auto = p.steps == "auto"  # the config allows it for activation_norm only
+    most = p.max_steps if auto else p.steps
+    rule = AutoStop(cfg.rank, p.min_steps, p.max_steps) if auto else None
+    if rule is not None and rule.nothing_to_resolve:
+        ui.note(
+            "note: probe.steps=auto resolves the plan for rank.k or rank.tau, and the config gives neither: "
+            f"probing probe.max_steps={p.max_steps} batches"
+        )
     with ui.progress(
-        f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), p.steps
+        f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), most
     ) as advance:
 
         def batches():
-            for indices in probe_batches(data, p.steps, p.batch_size, p.seed, ctx.world):
+            for indices in probe_batches(data, most, p.batch_size, p.seed, ctx.world):
                 yield collate(data, shard(indices, ctx.rank, ctx.world))
                 advance()
 
-        stat = scorer(loaded.model, loaded.arch, batches(), cfg, loaded.device)
+        def stop(means) -> bool:
+            if not rule(means):
+                return False
+            advance(info="plan resolved")  # the batch just scored: batches() is not resumed after it
+            return True
+
+        more = {"stop": stop} if rule is not None else {}
+        stat = scorer(loaded.model, loaded.arch, batches(), cfg, loaded.device, **more)
     scores, flat = min_max(stat.raw)
     if flat:
         ui.warn("every layer has the same statistic; the ranking falls back to layer order")
@@ -72,7 +88,13 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
         "site": p.site if p.scorer == "activation_norm" else None,
         "model": loaded.arch.identity(cfg.model.name),
         "task": {"name": spec.name, "split": cfg.task.train_split, "max_length": cfg.task.max_length},
-        "steps": p.steps,
+        "steps": p.steps,  # as configured: a number, or "auto"
+        "steps_used": stat.batches,
+        "max_steps": most,
+        # fixed: S batches as configured; auto: the plan was resolved, or the cap (max_steps) came first
+        "stop_reason": "fixed" if rule is None else "resolved" if rule.resolved else "cap",
+        # auto: the plan and its boundary at the last check of the stop rule (raw values)
+        "stop_check": None if rule is None else rule.last,
         "batch_size": p.batch_size,
         "seed": p.seed,
         "batches_seen": stat.batches,

@@ -84,9 +84,12 @@ def scores(doc: dict[str, Any], path: Path) -> None:
         table.add_row(str(i), shown, f"{score:.3f}", "#" * round(20 * score))
     ui.out.print(table)
     t = doc["timings"]
+    # probe.steps=auto: why it stopped where it did (files written before it lack these keys)
+    why = {"resolved": "plan resolved", "cap": "the cap"}.get(doc.get("stop_reason", "fixed"))
+    stopped = f" (auto: stopped at {why}, max {doc['max_steps']})" if why else ""
     ui.out.print(
-        f"{doc['batches_seen']} batches, {doc['examples_seen']} examples, {doc['tokens_seen']} tokens in "
-        f"{t['probe_s']:.2f}s ({t['per_batch_ms']:.1f} ms/batch) -> {path}"
+        f"{doc['batches_seen']} batches{stopped}, {doc['examples_seen']} examples, "
+        f"{doc['tokens_seen']} tokens in {t['probe_s']:.2f}s ({t['per_batch_ms']:.1f} ms/batch) -> {path}"
     )
 
 

@@ -133,3 +133,24 @@ def test_two_process_cached_run_equals_one_process_uncached(runs):
     assert info["lowest_trained_layer"] == 2
     # rank 0's count: epoch 2 replays the micro-batches whose examples this rank already stored in epoch 1
     assert info["cache"]["forwards_replayed"] > 0 and info["cache"]["forwards_computed"] > 0
+
+
+def test_auto_probe_stops_at_the_same_batch_on_every_rank(tmp_path, tiny_task):
+    """probe.steps=auto decides on all-reduced means: both ranks stop after the same batch (a rank that went
+    on would hang the other's next collective), and at the batch one process stops at, with its scores."""
+    model = make_tiny_model(tmp_path, "bert", layers=6)
+    docs = {}
+    for nproc in (1, 2):
+        probe = {"steps": "auto", "max_steps": 40, "batch_size": 8}
+        cfg = tiny_config(model, tiny_task, tmp_path / f"run{nproc}", probe=probe, rank={"k": 2})
+        path = tmp_path / f"cfg{nproc}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        _actlora(nproc, "probe", "-c", str(path))
+        docs[nproc] = _json(tmp_path / f"run{nproc}" / "scores.json")
+    one, two = docs[1], docs[2]
+    assert two["world_size"] == 2 and two["steps"] == "auto"
+    assert two["steps_used"] == one["steps_used"] and two["stop_reason"] == one["stop_reason"]
+    assert (
+        8 <= one["steps_used"] <= 40 and two["examples_seen"] == one["examples_seen"] == 8 * one["steps_used"]
+    )
+    assert two["raw"] == pytest.approx(one["raw"], rel=1e-6)

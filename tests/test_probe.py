@@ -169,6 +169,34 @@ def test_extra_padding_does_not_change_scores(tiny_models, family):
     assert long.tokens == short.tokens
 
 
+def test_a_stop_rule_that_never_stops_changes_nothing(tiny_models):
+    """The per-batch all-reduce (asked after every batch) gives the one-shot result, bit for bit."""
+    tok, model, arch = _load(tiny_models["llama"])
+    batches = _batches(tok) + [dict(tok(["great"], return_tensors="pt"))]
+    seen = []
+    one_shot = activation_norms(model, arch, iter(batches), "post_attn", torch.device("cpu"))
+    asked = activation_norms(
+        model,
+        arch,
+        iter(batches),
+        "post_attn",
+        torch.device("cpu"),
+        stop=lambda m: seen.append(len(m)) or False,
+    )
+    assert seen == [1, 2, 3]
+    assert (asked.raw, asked.raw_stderr, asked.tokens, asked.batches) == (
+        one_shot.raw,
+        one_shot.raw_stderr,
+        one_shot.tokens,
+        one_shot.batches,
+    )
+    # a rule that says stop after the second batch: the statistic of the first two batches
+    cpu = torch.device("cpu")
+    early = activation_norms(model, arch, iter(batches), "post_attn", cpu, stop=lambda m: len(m) == 2)
+    first_two = activation_norms(model, arch, iter(batches[:2]), "post_attn", cpu)
+    assert (early.raw, early.raw_stderr, early.batches) == (first_two.raw, first_two.raw_stderr, 2)
+
+
 def _hook_count(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 

@@ -4,7 +4,7 @@ the activation at the probe site, averaged over the probe batches."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +34,9 @@ class LayerStatistic:
 class _Accumulator:
     """Per batch and layer, the sum of token norms over non-pad tokens, and the batch's token count; kept on
     the device (no host sync per layer). Sums rather than means, so that under DDP each rank can score its
-    share of a batch and the all-reduced result equals one process scoring the whole batch."""
+    share of a batch and the all-reduced result equals one process scoring the whole batch. ``sums`` and
+    ``counts`` hold the batches not yet all-reduced; ``batch_means`` reduces them once and keeps the result,
+    so it can be asked after every batch (probe.steps=auto) as well as once at the end."""
 
     def __init__(self, num_layers: int, device: torch.device):
         self.num_layers = num_layers
@@ -42,6 +44,9 @@ class _Accumulator:
         self.sums: list[torch.Tensor] = []
         self.counts: list[torch.Tensor] = []
         self.mask: torch.Tensor | None = None
+        empty = {"dtype": torch.float64, "device": device}
+        self.reduced_sums = torch.zeros(0, num_layers, **empty)
+        self.reduced_counts = torch.zeros(0, **empty)
 
     def set_batch(self, attention_mask: torch.Tensor) -> None:
         self.mask = attention_mask.to(torch.float32)
@@ -53,14 +58,18 @@ class _Accumulator:
         self.sums[-1][index] += (norms * self.mask).sum()
 
     def batch_means(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-batch, per-layer mean token norm; tokens per batch), summed over DDP ranks first."""
+        """(per-batch, per-layer mean token norm; tokens per batch) of every batch so far, summed over DDP
+        ranks first. A collective: every rank calls it at the same points."""
         # on the device: NCCL reduces only CUDA tensors
         empty = {"dtype": torch.float64, "device": self.device}
         sums = torch.stack(self.sums) if self.sums else torch.zeros(0, self.num_layers, **empty)
         counts = torch.stack(self.counts) if self.counts else torch.zeros(0, **empty)
         all_reduce_sum(sums)
         all_reduce_sum(counts)
-        return sums / counts.clamp(min=1).unsqueeze(1), counts
+        self.reduced_sums = torch.cat([self.reduced_sums, sums])
+        self.reduced_counts = torch.cat([self.reduced_counts, counts])
+        self.sums, self.counts = [], []
+        return self.reduced_sums / self.reduced_counts.clamp(min=1).unsqueeze(1), self.reduced_counts
 
 
 def probe_hooks(model: nn.Module, arch: Architecture, site: Site, acc: _Accumulator):
@@ -72,9 +81,10 @@ def probe_hooks(model: nn.Module, arch: Architecture, site: Site, acc: _Accumula
     return reading_hooks(points, "probe")
 
 
-def activation_norm_scorer(model, arch, batches, cfg, device) -> LayerStatistic:
-    """The registry's entry: every scorer takes (model, arch, batches, cfg, device)."""
-    return activation_norms(model, arch, batches, cfg.probe.site, device)
+def activation_norm_scorer(model, arch, batches, cfg, device, stop=None) -> LayerStatistic:
+    """The registry's entry: every scorer takes (model, arch, batches, cfg, device); this one also a stop
+    rule (probe.steps=auto)."""
+    return activation_norms(model, arch, batches, cfg.probe.site, device, stop)
 
 
 def activation_norms(
@@ -83,8 +93,12 @@ def activation_norms(
     batches: Iterable[dict[str, torch.Tensor]],
     site: Site,
     device: torch.device,
+    stop: Callable[[torch.Tensor], bool] | None = None,
 ) -> LayerStatistic:
-    """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l."""
+    """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l.
+
+    With ``stop``, after each batch it is handed the per-batch means so far (all-reduced, on the device;
+    a host sync per batch) and the probe ends early when it returns True; S is then the batches used."""
     acc = _Accumulator(arch.num_layers, device)
     examples = torch.zeros((), dtype=torch.float64, device=device)
     model.eval()
@@ -95,7 +109,10 @@ def activation_norms(
             acc.set_batch(batch["attention_mask"])
             model(**batch)
             examples += batch["input_ids"].shape[0]
-        # one host sync at the end: hooks only queue reductions, so the probe runs at inference speed
+            if stop is not None and stop(acc.batch_means()[0]):
+                break
+        # without a stop rule, one host sync at the end: hooks only queue reductions, so the probe runs at
+        # inference speed
         means, counts = acc.batch_means()
         raw = means.mean(dim=0).tolist() if len(counts) else [0.0] * arch.num_layers
         # A_l averages S per-batch values: their spread says whether two layers' A_l are told apart
