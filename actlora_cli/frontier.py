@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from . import artifacts, ui
 from .analysis import frontier_stats as fs
@@ -168,7 +169,7 @@ def _train_one(
         **(PROTOCOL if variant == "protocol" else {}),
     }  # fmt: skip
     cfg = base.with_overrides(values)
-    summary = _made_from(folder / "train_summary.json", "train_summary", cfg)
+    summary = _trained_alike(cfg)
     preds_path = folder / "val_predictions.json"
     if summary is None or not preds_path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
@@ -194,6 +195,20 @@ def _train_one(
         "host": summary.get("host"),
         "correct": correct,
     }
+
+
+def _trained_alike(cfg: Config) -> dict[str, Any] | None:
+    """The run folder's train_summary.json when it was trained with every setting that changes what is learned
+    equal to ``cfg``'s (train.training_settings: a setting added to the schema since, at its default, or a
+    change to the probe, does not throw an hour of runs away); else None."""
+    from .train import training_settings
+
+    try:
+        summary = artifacts.read_artifact(cfg.run_dir / "train_summary.json", "train_summary")
+        made = Config.model_validate(yaml.safe_load((cfg.run_dir / "config.resolved.yaml").read_text()))
+    except (ArtifactError, OSError, ValueError, yaml.YAMLError):
+        return None
+    return summary if training_settings(made) == training_settings(cfg) else None
 
 
 def _write_predictions(cfg: Config, summary: dict[str, Any]) -> None:

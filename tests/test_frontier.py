@@ -99,8 +99,10 @@ def test_frontier_end_to_end(tmp_path, six_layer_bert, tiny_task):
                 acc = {r["seed"]: r["accuracy"] for r in fast if tuple(r["layers"]) == guided}
                 acc_o = {r["seed"]: r["accuracy"] for r in fast if tuple(r["layers"]) == other}
                 assert c["difference"] == pytest.approx(np.mean([acc[s] - acc_o[s] for s in (0, 1)]))
-    # a second call reuses every run
+    # a second call reuses every run (nothing is trained again: the summaries are not rewritten)
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/train_summary.json")}
     again = run_frontier(
         cfg, out, ks=[2], seeds=(0, 1), draws=2, budget=0.8, profile_batches=2, profile_rounds=1
     )
     assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in runs]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/train_summary.json")} == stamps
