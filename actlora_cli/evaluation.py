@@ -42,10 +42,15 @@ def _gather(array: np.ndarray, ctx: Dist) -> list[np.ndarray]:
 def predict(
     model: torch.nn.Module, data: Encoded, batch_size: int, ctx: Dist, autocast: Callable = nullcontext
 ) -> np.ndarray:
-    """Logits for every example in order; under DDP each rank scores its shard and the shards are gathered."""
+    """Logits for every example in order; under DDP each rank scores its shard and the shards are gathered.
+    Each rank runs its share longest first, so a batch pads little (the outputs go back to their examples)."""
     model.eval()
     order = list(range(len(data)))
-    mine = shard(order, ctx.rank, ctx.world)
+
+    def share(rank: int) -> list[int]:
+        return sorted(shard(order, rank, ctx.world), key=lambda i: -len(data.input_ids[i]))
+
+    mine = share(ctx.rank)
     outputs = []
     for start in range(0, len(mine), batch_size):
         batch = collate(data, mine[start : start + batch_size])
@@ -56,7 +61,7 @@ def predict(
     local = np.concatenate(outputs) if outputs else np.zeros((0, 1), dtype=np.float32)
     logits = np.zeros((len(data), local.shape[1] if len(local) else 1), dtype=np.float32)
     for rank, part in enumerate(_gather(local, ctx)):
-        logits[shard(order, rank, ctx.world)] = part
+        logits[share(rank)] = part
     return logits
 
 

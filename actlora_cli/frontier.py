@@ -4,7 +4,8 @@ For each k it trains the guided plan (the probe's top-k), the budget-selected pl
 within ``budget`` x LoRA-on-every-layer's predicted cost), the last, first and uniform k layers and N random
 draws, over seeds, plus every layer; each distinct layer set is trained once per seed, whatever number of
 strategies chose it. Every run is evaluated on the whole validation split and keeps its per-example
-predictions, so plans are compared on the same sentences:
+predictions (``predictions.json``, written by train after its last step), so plans are compared on the same
+sentences:
 
 - per k, guided - each other plan, paired over seeds and examples, with a bootstrap 95 % interval, and the
   guided plan's percentile among the random plans;
@@ -15,7 +16,7 @@ predictions, so plans are compared on the same sentences:
   guided plan at the config's k and for every layer.
 
 Layout under ``<out>``: ``probe/`` (scores.json, costs.json), ``runs/<plan>-seed<s>[-protocol]/``
-(ordinary run folders, with ``val_predictions.json``), ``frontier.json``, ``frontier.md``, ``frontier.png``. A
+(ordinary run folders), ``frontier.json``, ``frontier.md``, ``frontier.png``. A
 run already made from the same config is reused, so an interrupted study continues where it stopped.
 """
 
@@ -170,13 +171,12 @@ def _train_one(
     }  # fmt: skip
     cfg = base.with_overrides(values)
     summary = _trained_alike(cfg)
-    preds_path = folder / "val_predictions.json"
+    preds_path = folder / "predictions.json"
     if summary is None or not preds_path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         if variant == "fast":  # the protocol variant is profiled under other settings: no prediction
             artifacts.atomic_write_text(folder / "costs.json", costs.read_text())
         summary = run_train(cfg, overwrite=True)
-        _write_predictions(cfg, summary)
     preds = json.loads(preds_path.read_text())
     correct = [int(p == y) for p, y in zip(preds["predictions"], preds["labels"], strict=True)]
     return {
@@ -209,40 +209,6 @@ def _trained_alike(cfg: Config) -> dict[str, Any] | None:
     except (ArtifactError, OSError, ValueError, yaml.YAMLError):
         return None
     return summary if training_settings(made) == training_settings(cfg) else None
-
-
-def _write_predictions(cfg: Config, summary: dict[str, Any]) -> None:
-    """The trained model's label for every validation example, read back from the saved adapter (so the study
-    measures what was saved); checked against the training's own final accuracy."""
-    import torch
-
-    from .data import encoded_split, eval_splits, task_spec
-    from .distributed import setup
-    from .evaluation import load_trained, predict
-    from .modeling import autocast_context, autocast_settings
-
-    ctx = setup()
-    spec = task_spec(cfg.task)
-    loaded, model = load_trained(cfg, spec.num_labels, ctx)
-    split = eval_splits(cfg.task, spec)[0]
-    data = encoded_split(loaded.tokenizer, cfg.task, spec, split)
-    autocast = autocast_context(autocast_settings(cfg.train.precision, ctx.device)[0], ctx.device)
-    with torch.inference_mode():
-        logits = predict(model, data, cfg.train.eval_batch_size, ctx, autocast)
-    labels = data.labels.numpy().tolist()
-    predictions = logits.argmax(axis=1).tolist()
-    accuracy = float(np.mean(np.asarray(predictions) == np.asarray(labels)))
-    trained = summary["final_metrics"].get(split, {}).get("accuracy")
-    if trained is not None and abs(trained - accuracy) > 1e-3:
-        raise ArtifactError(
-            Problem(
-                str(cfg.run_dir / "adapter"),
-                f"the saved adapter scores {accuracy:.4f}, the training's last evaluation {trained:.4f}",
-                "the saved weights are not the trained ones; re-train this run",
-            )
-        )
-    doc = {"split": split, "labels": labels, "predictions": predictions, "accuracy": accuracy}
-    artifacts.atomic_write_text(cfg.run_dir / "val_predictions.json", json.dumps(doc))
 
 
 # ---------------------------------------------------------------------------------------------------------

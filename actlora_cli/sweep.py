@@ -450,6 +450,9 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
             "markdown": str(md_path),
             "plots": [str(path) for path in plots],
             "note": report["note"],
+            # what compare warned about (runs timed under different load, older cost definitions, ...): a
+            # reader of the manifest alone must see it too
+            "warnings": report.get("warnings", []),
         }
         for row in report["rows"]:
             by_folder[row["run"]].update(

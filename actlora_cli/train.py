@@ -37,8 +37,9 @@ from .data import (
 )
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
-from .evaluation import evaluate_metrics
+from .evaluation import predict
 from .losses import compute_loss
+from .metrics import compute as compute_metrics
 from .modeling import Architecture, autocast_context, autocast_settings, load_for
 from .prefix_cache import PrefixCache, frozen_prefix
 from .rank import resolve_plan
@@ -240,7 +241,10 @@ def check_precision(model: torch.nn.Module, amp_dtype: torch.dtype | None) -> No
 
 
 # A run's outputs in its folder: what a fresh run replaces (only with --overwrite) and resume continues.
-OUTPUTS = ("adapter", "model", "checkpoints", "train_log.jsonl", "train_summary.json", "eval.json")
+OUTPUTS = (
+    "adapter", "model", "checkpoints", "train_log.jsonl", "predictions.json", "train_summary.json",
+    "eval.json",
+)  # fmt: skip
 
 # Settings that do not change what a run learns, so a resume may differ in them: where it is written, the
 # probe (the plan itself is compared), when it stops or saves, and how it is evaluated.
@@ -548,15 +552,19 @@ def log_record(step: int, steps_per_epoch: int, result: StepResult) -> dict[str,
 
 
 def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
-    """Validation metrics at an epoch end, into the history (every rank takes part: the metrics are
-    reduced)."""
+    """Validation metrics at an epoch end, into the history (every rank takes part: the logits are
+    gathered); after the last step, the first split's per-example predictions go to predictions.json (paired
+    comparisons of runs on the same examples, error analysis)."""
     began = time.perf_counter()
-    metrics = {
-        split: evaluate_metrics(
-            run.model, data, run.spec, run.cfg.train.eval_batch_size, run.ctx, run.autocast
-        )
-        for split, data in run.eval_data.items()
-    }
+    metrics = {}
+    for i, (split, data) in enumerate(run.eval_data.items()):
+        logits = predict(run.model, data, run.cfg.train.eval_batch_size, run.ctx, run.autocast)
+        labels = data.labels.numpy()
+        metrics[split] = compute_metrics(run.spec.metrics, logits, labels, run.spec.is_regression)
+        if i == 0 and step == run.total_steps and run.ctx.is_main:
+            predicted = logits[:, 0] if run.spec.is_regression else logits.argmax(axis=-1)
+            doc = {"split": split, "step": step, "labels": labels.tolist(), "predictions": predicted.tolist()}
+            artifacts.atomic_write_text(run.cfg.run_dir / "predictions.json", json.dumps(doc))
     run.ddp_model.train()  # evaluation left the model in eval mode
     totals.eval_seconds += time.perf_counter() - began
     epoch = round(step / run.steps_per_epoch, 4)

@@ -117,6 +117,8 @@ def test_grid_end_to_end_then_nothing_to_do_then_partial_resume(tmp_path, base, 
         # one comparison per task: the seeds of a point form a group, the lora k=all group is the baseline
         comparison = json.loads((out / task / "comparison.json").read_text())
         assert comparison["task"] == task and comparison["note"] is None
+        # the manifest carries compare's warnings with the comparison (a reader of sweep.json sees them)
+        assert doc["comparisons"][task]["warnings"] == comparison["warnings"]
         assert Path(comparison["baseline"]).name == "lora-kall-seed0"
         assert [
             (g["method"], len(g["layers"]), g["seeds"], g["is_baseline"]) for g in comparison["groups"]
