@@ -184,8 +184,19 @@ def apply_method(
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelError(Problem(where, f"peft cannot apply {lora.method} here: {first}", "")) from None
         adapted = Adapted(wrapped, lora.method, layers, settings)
+        if not lora.train_pooler:
+            freeze_pooler(wrapped)
     upcast_trainable(adapted.model)
     return adapted
+
+
+def freeze_pooler(model: nn.Module) -> None:
+    """lora.train_pooler=false (the Act-LoRA paper's counts): the pooler stays frozen. It stays among the
+    saved modules all the same: DeBERTa's checkpoints hold no pooler, so its weights are drawn at load, and
+    the adapter must carry the ones the head was trained on top of."""
+    for name, param in model.named_parameters():
+        if "pooler" in name.split("."):
+            param.requires_grad_(False)
 
 
 def apply_lora(model: nn.Module, arch: Architecture, lora: LoraSection, layers: list[int]) -> nn.Module:

@@ -388,6 +388,13 @@ class LoraSection(Section):
         min_length=1,
         description="Projections per selected layer: q, k, v, o (attention output), or a module name suffix.",
     )
+    train_pooler: bool = Field(
+        True,
+        description="Train the model's pooler (DeBERTa's dense layer before the classifier) with the task "
+        "head. The Act-LoRA paper's counts leave it frozen (DeBERTa-v3-base LoRA on every layer: 296,450 "
+        "trainable parameters, not 887,042); the paper-protocol DeBERTa configs set false. Frozen, it is "
+        "still saved with the adapter (DeBERTa's checkpoints hold none: it is drawn at load).",
+    )
     adalora: AdaLoraOptions = Field(default_factory=AdaLoraOptions)
     vera: VeraOptions = Field(default_factory=VeraOptions)
     ia3: IA3Options = Field(default_factory=IA3Options)

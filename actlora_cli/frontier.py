@@ -45,11 +45,19 @@ PROTOCOL = {"train.group_by_length": False, "train.prefix_cache": "off"}  # the 
 
 
 def _made_from(path: Path, kind: str, cfg: Config) -> dict[str, Any] | None:
+    """The ``kind`` artefact at ``path`` when the folder's config.resolved.yaml, read with today's schema
+    (a setting added since takes its default), equals ``cfg`` (the output folder aside); else None."""
     try:
         doc = artifacts.read_artifact(path, kind)
-    except ArtifactError:
+        made = _resolved(path.parent)
+    except (ArtifactError, OSError, ValueError, yaml.YAMLError):
         return None
-    return doc if (doc.get("provenance") or {}).get("config_hash") == cfg.hash() else None
+    same = {**made.to_dict(), "output_dir": None} == {**cfg.to_dict(), "output_dir": None}
+    return doc if same else None
+
+
+def _resolved(folder: Path) -> Config:
+    return Config.model_validate(yaml.safe_load((folder / "config.resolved.yaml").read_text()))
 
 
 def _name(layers: tuple[int, ...]) -> str:
@@ -205,7 +213,7 @@ def _trained_alike(cfg: Config) -> dict[str, Any] | None:
 
     try:
         summary = artifacts.read_artifact(cfg.run_dir / "train_summary.json", "train_summary")
-        made = Config.model_validate(yaml.safe_load((cfg.run_dir / "config.resolved.yaml").read_text()))
+        made = _resolved(cfg.run_dir)
     except (ArtifactError, OSError, ValueError, yaml.YAMLError):
         return None
     return summary if training_settings(made) == training_settings(cfg) else None
