@@ -74,7 +74,7 @@ def evaluate_metrics(
     autocast: Callable = nullcontext,
 ) -> dict[str, float]:
     logits = predict(model, data, batch_size, ctx, autocast)
-    return metrics.compute(spec.metrics, logits, data.labels.numpy(), spec.is_regression)
+    return metrics.evaluate(spec.metrics, logits, data.labels.numpy(), spec.is_regression)
 
 
 @torch.inference_mode()

@@ -58,3 +58,24 @@ def compute(
     """The task's metrics from raw logits: argmax for classes, the single output for regression."""
     pred = logits[:, 0] if regression else logits.argmax(axis=-1)
     return {name: METRICS[name](pred, labels) for name in names}
+
+
+def loss(logits: np.ndarray, labels: np.ndarray, regression: bool) -> float:
+    """The evaluation loss (the paper's Table 6 and Fig. 5): the training objective on the evaluation split,
+    mean cross-entropy from the logits (log-sum-exp shifted by the maximum), or mean squared error of the
+    single output for regression."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if regression:
+        return float(np.mean((logits[:, 0] - np.asarray(labels, dtype=np.float64)) ** 2))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    picked = shifted[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)]
+    return float(np.mean(log_norm - picked))
+
+
+def evaluate(
+    names: tuple[str, ...], logits: np.ndarray, labels: np.ndarray, regression: bool
+) -> dict[str, float]:
+    """The task's metrics, then the evaluation loss (last: readers that take a run's first metric as its
+    headline keep the task's)."""
+    return {**compute(names, logits, labels, regression), "loss": loss(logits, labels, regression)}

@@ -39,7 +39,7 @@ from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import predict
 from .losses import compute_loss
-from .metrics import compute as compute_metrics
+from .metrics import evaluate as compute_metrics
 from .modeling import Architecture, autocast_context, autocast_settings, load_for
 from .prefix_cache import PrefixCache, frozen_prefix
 from .rank import resolve_plan

@@ -49,3 +49,26 @@ def test_compute_uses_argmax_or_the_regression_output():
     reg = np.array([[1.0], [2.0], [3.5]])
     out = metrics.compute(("pearson", "spearman"), reg, np.array([1.0, 2.0, 3.0]), True)
     assert out["spearman"] == pytest.approx(1.0) and 0.9 < out["pearson"] < 1.0
+
+
+def test_evaluation_loss_by_hand_and_against_torch():
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from actlora_cli import metrics
+
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1000.0, -1000.0]])
+    labels = np.array([0, 0, 1])
+    # -log softmax of the gold class: log(1 + e^-2), log(1 + e^1), 2000 (no overflow at a logit of 1000)
+    by_hand = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(1)) + 2000.0) / 3
+    assert metrics.loss(logits, labels, regression=False) == pytest.approx(by_hand)
+    rng = np.random.default_rng(0)
+    many, gold = rng.normal(size=(50, 3)), rng.integers(0, 3, 50)
+    torch_ce = F.cross_entropy(torch.tensor(many), torch.tensor(gold)).item()
+    assert metrics.loss(many, gold, regression=False) == pytest.approx(torch_ce, rel=1e-12)
+    # regression: mean squared error of the single output
+    assert metrics.loss(np.array([[1.0], [3.0]]), np.array([2.0, 2.0]), regression=True) == pytest.approx(1.0)
+    out = metrics.evaluate(("accuracy",), logits, labels, regression=False)
+    assert list(out) == ["accuracy", "loss"] and out["accuracy"] == pytest.approx(1 / 3)

@@ -89,7 +89,7 @@ def test_log_and_summary(tmp_path, tiny_models, tiny_task):
     assert all(r["forward_ms"] > 0 and r["backward_ms"] > 0 and r["optimizer_ms"] > 0 for r in log)
     assert summary["steps"] == 12 and summary["plan"]["layers"] == [0, 1, 2, 3]
     assert summary["trainable_parameters"] == 4 * 2 * 2 * 8 * HIDDEN + HIDDEN * 2 + 2
-    assert set(summary["final_metrics"]["validation"]) == {"accuracy", "f1"}
+    assert list(summary["final_metrics"]["validation"]) == ["accuracy", "f1", "loss"]  # loss last
     # the lr each step ran with: warm-up (1 step of 12) reaching the peak once, then linear decay
     lrs = [r["lr"] for r in log]
     assert lrs[0] == pytest.approx(1e-4) and lrs[1] == pytest.approx(2e-4) and lrs.count(max(lrs)) == 1
