@@ -105,6 +105,8 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
         # per layer, the standard error over the S batches, raw and on the score's scale (activation norms)
         "raw_stderr": stat.raw_stderr,
         "score_stderr": min_max_stderr(stat.raw, stat.raw_stderr),
+        # per batch and layer, the values raw averages: two layers' difference has a paired standard error
+        "raw_per_batch": stat.per_batch,
         "flat": flat,
         "undefined_layers": [i for i, v in enumerate(stat.raw) if v is None],
         "device": str(loaded.device),

@@ -19,6 +19,7 @@ from .selection import (
     cheaper_at_a_tie,
     every_layer,
     explicit,
+    scores_noise,
     select,
 )
 
@@ -91,7 +92,7 @@ def plan_from_scores(cfg: Config, scores_doc: dict[str, Any]) -> Plan:
     else:
         plan = by_strategy(r.strategy, r.k, len(scores), r.seed, scores, undefined)
     if r.tie_break == "cost" and plan.guided:
-        plan = cheaper_at_a_tie(plan, scores, scores_doc.get("score_stderr"))
+        plan = cheaper_at_a_tie(plan, scores, scores_doc.get("score_stderr"), scores_noise(scores_doc))
     return plan
 
 
@@ -249,7 +250,8 @@ def _boundary(plan: Plan, scores_doc: dict[str, Any] | None) -> dict[str, Any] |
     """A guided plan's boundary against the probe's noise (selection.boundary), warned on when within it."""
     if scores_doc is None or not plan.guided:
         return None
-    edge = boundary(plan.k, scores_doc["scores"], scores_doc.get("score_stderr"), plan.ranking)
+    stderr = scores_doc.get("score_stderr")
+    edge = boundary(plan.k, scores_doc["scores"], stderr, plan.ranking, scores_noise(scores_doc))
     if edge is None:
         return None
     # rank.tie_break=cost took the first layer out instead of the last in: say so

@@ -5,7 +5,7 @@ k_tau = min{k : C(k) >= tau}."""
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,29 +38,74 @@ def min_max_stderr(values: list[float | None], stderr: list[float] | None) -> li
     return [e / span for e in stderr]
 
 
-def boundary(k: int, scores: list[float], stderr: list[float] | None, order: list[int]):
+PairNoise = Callable[[int, int], float]  # (layer a, layer b) -> standard error of their difference
+
+
+def paired_noise(per_batch: list[list[float]] | None, span: float = 1.0) -> PairNoise | None:
+    """The standard error of the difference of two layers' means over the same S batches: the spread of the
+    per-batch differences / sqrt(S), divided by ``span`` (max - min of the raw values, for min-max scores).
+    Two layers see the same batches, so their per-batch values move together (a batch of long sentences
+    raises every layer's norm); the independent formula, sqrt(se_a^2 + se_b^2), counts that shared movement as
+    noise and overstates it. None without per-batch values (or S < 2)."""
+    if not per_batch or len(per_batch) < 2 or span <= 0:
+        return None
+    n = len(per_batch)
+
+    def noise(a: int, b: int) -> float:
+        diffs = [row[a] - row[b] for row in per_batch]
+        mean = sum(diffs) / n
+        return (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 / n**0.5 / span
+
+    return noise
+
+
+def scores_noise(scores_doc: dict[str, Any]) -> PairNoise | None:
+    """paired_noise on a scores document's min-max scale (its raw_per_batch, when the scorer kept them)."""
+    defined = [v for v in scores_doc.get("raw") or [] if v is not None]
+    if not defined:
+        return None
+    return paired_noise(scores_doc.get("raw_per_batch"), max(defined) - min(defined))
+
+
+def boundary(
+    k: int,
+    scores: list[float],
+    stderr: list[float] | None,
+    order: list[int],
+    pair_noise: PairNoise | None = None,
+):
     """The boundary of the top-k of ``order`` against the probe's noise: the last layer in, the first left
     out, and whether their gap lies within twice the standard error of the difference (another probe seed
-    could then swap them). None when there is no boundary (every layer chosen) or no errors."""
-    if stderr is None or k >= len(order):
+    could then swap them). The error is the paired one (``pair_noise``) where per-batch values are known,
+    else sqrt(se_a^2 + se_b^2) from ``stderr``. None when there is no boundary (every layer chosen) or no
+    errors."""
+    if (stderr is None and pair_noise is None) or k >= len(order):
         return None
     inside, outside = order[k - 1], order[k]
     gap = scores[inside] - scores[outside]
-    noise = (stderr[inside] ** 2 + stderr[outside] ** 2) ** 0.5
+    independent = None if stderr is None else (stderr[inside] ** 2 + stderr[outside] ** 2) ** 0.5
+    noise = pair_noise(inside, outside) if pair_noise is not None else independent
     return {
         "last_in": inside,
         "first_out": outside,
         "gap": gap,
         "noise": noise,
+        "paired": pair_noise is not None,
+        "independent_noise": independent,
         "within_noise": gap < 2 * noise,
     }
 
 
-def cheaper_at_a_tie(plan: Plan, scores: list[float], stderr: list[float] | None) -> Plan:
+def cheaper_at_a_tie(
+    plan: Plan,
+    scores: list[float],
+    stderr: list[float] | None,
+    pair_noise: PairNoise | None = None,
+) -> Plan:
     """rank.tie_break=cost: when a top-k plan's boundary lies within the probe's noise and the first layer
     left out sits above the last one in, take it instead: the backward stops at the lowest adapted layer, so
     the plan costs the same or less, and the probe cannot tell the two layers apart anyway."""
-    edge = boundary(plan.k, scores, stderr, plan.ranking or [])
+    edge = boundary(plan.k, scores, stderr, plan.ranking or [], pair_noise)
     if edge is None or not edge["within_noise"] or edge["first_out"] < edge["last_in"]:
         return plan
     layers = sorted((set(plan.layers) - {edge["last_in"]}) | {edge["first_out"]})

@@ -3,7 +3,8 @@ looks at the per-batch, per-layer means seen so far (all-reduced: every DDP rank
 once the plan the config implies is resolved:
 
 - its boundary, the last layer in against the first left out, is apart by more than twice the standard
-  error of their difference (the test ``rank`` records in selection.json's boundary, on raw values), and
+  error of their difference over the same batches (paired: the test ``rank`` records in selection.json's
+  boundary, on raw values), and
 - the plan made from the first n-3, n-2, n-1 and n batches is the same (it has settled, not just crossed).
 
 The cut the boundary lies at: rank.k for the scores strategy; L - k for inverse (its bottom-k is the
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from .config import RankSection
-from .selection import POSITIONAL, boundary, k_for_tau, min_max, ranking
+from .selection import POSITIONAL, boundary, k_for_tau, min_max, paired_noise, ranking
 
 STABLE_BATCHES = 4  # the plan must be the same from this many consecutive prefixes of the batches
 
@@ -71,7 +72,8 @@ class AutoStop:
             self.last = {"cut": cut, "layers": sorted(layers), "settled": settled}
             self.resolved = settled
             return settled
-        edge = boundary(cut, raw, stderr, ranking(min_max(raw)[0]))
+        per_batch = means.tolist()
+        edge = boundary(cut, raw, stderr, ranking(min_max(raw)[0]), paired_noise(per_batch))
         assert edge is not None
         apart = edge["gap"] > 2 * edge["noise"]
         self.last = {"cut": cut, "layers": sorted(layers), "settled": settled, **edge}

@@ -41,7 +41,10 @@ def test_clearly_separated_layers_stop_at_min_steps():
     check = rule.last
     assert check["layers"] == [2, 3] and (check["last_in"], check["first_out"]) == (2, 1)
     assert check["gap"] == pytest.approx(1.0)
-    assert check["noise"] == pytest.approx((2 * 8 * 0.01 / 7 / 8) ** 0.5)
+    # the swings are in phase: the per-batch difference of layers 2 and 1 is 1.0 every time, so its paired
+    # standard error is 0; the independent formula would say sqrt(2) x 0.0378
+    assert check["paired"] and check["noise"] == pytest.approx(0.0)
+    assert check["independent_noise"] == pytest.approx((2 * 8 * 0.01 / 7 / 8) ** 0.5)
 
 
 def test_a_near_tie_at_the_boundary_runs_to_the_cap():

@@ -29,6 +29,9 @@ class LayerStatistic:
     # per layer, the standard error of the raw value over the S batches (the spread of the per-batch values /
     # sqrt(S)): how far the next probe could move it. None where the scorer does not measure it, or S < 2.
     raw_stderr: list[float] | None = None
+    # per batch, per layer: the values averaged into raw (activation norms), for the paired standard error of
+    # two layers' difference (selection.paired_noise); None where the scorer does not keep them
+    per_batch: list[list[float]] | None = None
 
 
 class _Accumulator:
@@ -125,4 +128,5 @@ def activation_norms(
         examples=int(all_reduce_sum(examples).item()),
         forward_seconds=seconds,
         raw_stderr=stderr,
+        per_batch=means.tolist(),
     )
