@@ -27,6 +27,7 @@ import yaml
 from . import artifacts
 from .analysis.report import markdown_table
 from .errors import ActloraError, ArtifactError, Problem
+from .metrics import task_score
 
 IGNORED_KEYS = ("train.seed", "output_dir")  # runs differing only here are seeds of one group
 LABEL_KEYS = ("lora.method", "rank.k", "rank.tau")  # the label shows their effect as method and layers
@@ -233,6 +234,8 @@ def _load(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     row = {
         "run": str(run),
         "seed": config.get("train.seed"),
+        "task": config.get("task.name"),
+        "task_score": task_score(evaluation("metrics")),
         "method": summary("lora").get("method", "lora"),  # summaries from before lora.method are plain LoRA
         "layers": summary("plan.layers"),
         "num_layers": num_layers,
@@ -451,9 +454,38 @@ def compare_runs(runs: list[Path], baseline: Path) -> dict[str, Any]:
         "definitions": DEFINITIONS,
         "warnings": _warnings(rows),
         "probes": probes,
+        "glue_average": glue_average(loaded),
         "groups": groups,
         "rows": [rows[i] for index in indices for i in index],  # group by group, the baseline's first
     }
+
+
+# what makes runs on different tasks the same setting, for the GLUE average (the plan's rule, not its layers,
+# which the probe chooses per task)
+SETTING_KEYS = ("lora.method", "lora.r", "lora.targets", "rank.k", "rank.tau", "rank.layers", "rank.strategy")
+
+
+def glue_average(loaded: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    """Per setting (method and plan rule, SETTING_KEYS), each task's score (metrics.task_score, mean over
+    seeds) and their unweighted mean over tasks (the papers' GLUE average, Tables 3-5). None when the runs
+    cover one task."""
+    if len({row["task"] for row, _ in loaded}) < 2:
+        return None
+    every_task = sorted({row["task"] for row, _ in loaded})
+    by_setting: dict[str, dict[str, list[float]]] = {}
+    for row, config in loaded:
+        given = [k for k in SETTING_KEYS if config.get(k) is not None]
+        label = ", ".join(f"{k.split('.')[-1]}={config.get(k)}" for k in given)
+        if row["task_score"] is not None:
+            by_setting.setdefault(label, {}).setdefault(row["task"], []).append(row["task_score"])
+    out = []
+    for label, tasks in by_setting.items():
+        means = {task: statistics.fmean(scores) for task, scores in sorted(tasks.items())}
+        out.append({
+            "setting": label, "tasks": means, "average": statistics.fmean(means.values()),
+            "complete": sorted(means) == every_task,
+        })  # fmt: skip
+    return out
 
 
 def _number(value: float, spec: str) -> str:
@@ -541,6 +573,17 @@ def markdown(report: dict[str, Any]) -> str:
     parts = [intro, markdown_table(headers, table)]
     if warnings:
         parts.append("\n".join(warnings) + "\n")
+    if report.get("glue_average"):
+        tasks = sorted({t for row in report["glue_average"] for t in row["tasks"]})
+        rows = [
+            [row["setting"], *(_cell(row["tasks"].get(t), ".4f") for t in tasks), f"{row['average']:.4f}"
+             + ("" if row["complete"] else " (not every task)")]
+            for row in report["glue_average"]
+        ]  # fmt: skip
+        parts.append(
+            "GLUE average: per task the mean of its metrics (and of MNLI's two splits), mean over seeds; "
+            "then the unweighted mean over tasks.\n\n" + markdown_table(["setting", *tasks, "average"], rows)
+        )
     return "\n".join([*parts, "\n".join(notes) + "\n", runs_table])
 
 

@@ -79,3 +79,11 @@ def evaluate(
     """The task's metrics, then the evaluation loss (last: readers that take a run's first metric as its
     headline keep the task's)."""
     return {**compute(names, logits, labels, regression), "loss": loss(logits, labels, regression)}
+
+
+def task_score(metrics_by_split: dict[str, dict[str, float]]) -> float | None:
+    """One number per task, as GLUE averages them: the mean of the task's metrics (accuracy and F1 for MRPC
+    and QQP, Pearson and Spearman for STS-B), over its evaluation splits (MNLI's matched and mismatched); the
+    loss is not a metric here. None when there is none."""
+    values = [v for split in metrics_by_split.values() for name, v in split.items() if name != "loss"]
+    return sum(values) / len(values) if values else None

@@ -544,3 +544,19 @@ def test_the_json_report_carries_warnings_definitions_and_probes(probed, tmp_pat
     assert doc["definitions"] == report["definitions"]
     assert doc["probes"][0]["shared_by"] == 2
     assert "- **Warning:** busy host" in out.with_suffix(".md").read_text()
+
+
+def test_glue_average_over_two_tasks_by_hand(tmp_path, runs):
+    # one task: no GLUE average
+    assert compare_runs(runs["act"], runs["base"][0])["glue_average"] is None
+    # eval.json holds accuracy m and F1 m - 0.01: the task's score is m - 0.005
+    base = [make_run(tmp_path / f"m-all-{s}", seed=s, metric=m) for s, m in ((0, 0.80), (1, 0.82))]
+    tweets = make_run(tmp_path / "t-all-0", seed=0, metric=0.70, task="tweets")
+    k3 = make_run(tmp_path / "m-k3-0", seed=0, metric=0.78, k=3, layers=[3, 4, 5], params=36_864)
+    report = compare_runs([base[1], tweets, k3], base[0])
+    rows = {row["setting"].split("k=")[1].split(",")[0]: row for row in report["glue_average"]}
+    every = rows["all"]
+    assert every["tasks"] == pytest.approx({"movies": (0.795 + 0.815) / 2, "tweets": 0.695})
+    assert every["average"] == pytest.approx(((0.795 + 0.815) / 2 + 0.695) / 2) and every["complete"]
+    assert rows["3"]["tasks"] == pytest.approx({"movies": 0.775}) and not rows["3"]["complete"]
+    assert "GLUE average" in markdown(report) and "(not every task)" in markdown(report)
