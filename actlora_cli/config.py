@@ -442,6 +442,12 @@ class TrainSection(Section):
         "uses autocast, else fp32.",
     )
     seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
+    logging_steps: int = Field(
+        50,
+        ge=1,
+        description="When stderr is not a terminal (nohup, Slurm, a pipe): a plain progress line every N "
+        "optimizer steps (step, epoch, loss, lr, samples/s, elapsed, ETA).",
+    )
 
     @model_validator(mode="after")
     def _accumulation_divides_batch(self) -> TrainSection:

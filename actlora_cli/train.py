@@ -249,7 +249,8 @@ OUTPUTS = (
 # Settings that do not change what a run learns, so a resume may differ in them: where it is written, the
 # probe (the plan itself is compared), when it stops or saves, and how it is evaluated.
 RESUMABLE_CHANGES = ("output_dir", "probe.", "rank.", "train.max_steps", "train.save_every",
-                     "train.eval_batch_size", "task.max_eval_examples", "task.eval_split")  # fmt: skip
+                     "train.eval_batch_size", "train.logging_steps", "task.max_eval_examples",
+                     "task.eval_split")  # fmt: skip
 
 
 def training_settings(cfg: Config) -> dict[str, Any]:
@@ -488,7 +489,7 @@ def run_train(
     run.ddp_model.train()
     # the log is appended to (a resumed run continues it) by rank 0 only, and closed on any exit
     log_file = run.log_path.open("a") if run.ctx.is_main else nullcontext()
-    with ui.progress("train", run.total_steps) as advance, log_file as log:
+    with ui.progress("train", run.total_steps, every=t.logging_steps) as advance, log_file as log:
         advance(step)
         while step < run.total_steps:
             epoch = step // per_epoch
@@ -507,7 +508,11 @@ def run_train(
                     log.write(json.dumps(log_record(step, per_epoch, result)) + "\n")
                     log.flush()  # a line at a time: a kill leaves at most the last line torn
                 rate = totals.samples / (time.perf_counter() - loop_start)
-                advance(1, info=f"loss {result.loss:.4f}  {rate:.1f} samples/s")
+                advance(
+                    1,
+                    info=f"epoch {step / per_epoch:.2f}  loss {result.loss:.4f}  lr {result.lr:.2e}  "
+                    f"{rate:.1f} samples/s",
+                )
                 epoch_done = step % per_epoch == 0 or step == run.total_steps
                 if epoch_done:
                     evaluate_epoch(run, step, totals)

@@ -86,11 +86,48 @@ def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/] {message}")
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 @contextlib.contextmanager
-def progress(description: str, total: int) -> Iterator[Callable[..., None]]:
-    """A progress bar on stderr; yields ``advance(n=1, **fields)``. Silent on non-main ranks."""
+def plain_progress(description: str, total: int, every: int) -> Iterator[Callable[..., None]]:
+    """Progress as plain lines on stderr, one every ``every`` units and one at the end: what a log file
+    (nohup, Slurm, a pipe) can hold, where a live bar would leave nothing readable between epoch ends."""
+    import time
+
+    began, state = time.perf_counter(), {"done": 0, "info": "", "shown": 0}
+
+    def line() -> None:
+        done, elapsed = state["done"], time.perf_counter() - began
+        eta = elapsed / done * (total - done) if done else 0.0
+        info = f"  {state['info']}" if state["info"] else ""
+        print(f"{description} {done}/{total}{info}  elapsed {_clock(elapsed)}  eta {_clock(eta)}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        state["shown"] = done
+
+    def advance(n: int = 1, info: str | None = None) -> None:
+        state["done"] += n
+        state["info"] = info if info is not None else state["info"]
+        if state["done"] // every > state["shown"] // every:
+            line()
+
+    yield advance
+    if state["shown"] != state["done"]:
+        line()
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int, every: int | None = None) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr; yields ``advance(n=1, **fields)``. Silent on non-main ranks. When stderr is
+    not a terminal, plain lines instead, every ``every`` units (by default about every 5 %)."""
     if quiet():
         yield lambda *a, **k: None
+        return
+    if not err.is_terminal:
+        with plain_progress(description, total, every or max(1, total // 20)) as advance:
+            yield advance
         return
     bar = Progress(
         TextColumn("[bold]{task.description}"),

@@ -278,3 +278,31 @@ def test_imports_no_torch():
     code = "import sys, actlora_cli.render, actlora_cli.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys):
+    """Redirected stderr (nohup, Slurm): a readable line every `every` units and one at the end, not a bar."""
+    with ui.plain_progress("train", 10, every=4) as advance:
+        for step in range(1, 11):
+            advance(1, info=f"loss {1 / step:.2f}")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split()[1] for line in lines] == ["4/10", "8/10", "10/10"]
+    assert "loss 0.25" in lines[0] and "loss 0.10" in lines[2] and "eta" in lines[0]
+
+
+def test_train_logs_plain_lines_every_logging_steps(tmp_path, tiny_models, tiny_task):
+    """Through the CLI (stderr captured: not a terminal), train prints step, epoch, loss, lr every N steps."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from actlora_cli.cli import app
+    from tests.conftest import tiny_config
+
+    cfg = tmp_path / "cfg.yaml"
+    sections = {"train": {"logging_steps": 5}, "rank": {"k": "all"}}
+    cfg.write_text(yaml.safe_dump(tiny_config(tiny_models["bert"], tiny_task, tmp_path / "run", **sections)))
+    result = CliRunner().invoke(app, ["train", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("train ")]
+    assert [line.split()[1] for line in lines] == ["5/12", "10/12", "12/12"]  # 96 examples / 8 per step
+    assert all(k in lines[0] for k in ("epoch 0.42", "loss", "lr", "samples/s", "eta"))
