@@ -199,6 +199,11 @@ class ProbeSection(Section):
     adapter: str | None = Field(
         None, description="weight_delta: folder of a trained LoRA adapter (all layers)."
     )
+    cka_last: Literal["layer", "final_norm"] = Field(
+        "layer",
+        description="cka, the last layer of a decoder: its raw output (layer), or the hidden state after the "
+        "model's final norm (final_norm: the layerwise-cka-lora authors' code reads hidden_states[-1]).",
+    )
     site: Literal["post_attn", "pre_attn", "block_out"] = Field(
         "post_attn",
         description="post_attn: attention output before the residual add (the paper's site); pre_attn: the "

@@ -150,7 +150,7 @@ def _pool_np(hidden: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
     return np.stack(rows)
 
 
-def _reference_cka(model, arch, batches, how):
+def _reference_cka(model, arch, batches, how, final_norm=False):
     """Reference: the full hidden states (output_hidden_states; a plain hook for a decoder's last layer, whose
     hidden_states entry has the final norm applied), pooled in numpy float64, CKA from the stacked matrices.
     Returns 1 - CKA per layer, or None where one side's rows are all the same vector."""
@@ -168,7 +168,7 @@ def _reference_cka(model, arch, batches, how):
         handle.remove()
         mask = batch["attention_mask"].numpy()
         for i in range(arch.num_layers):
-            out = captured["out"] if i == last and arch.is_decoder else states[i + 1]
+            out = captured["out"] if i == last and arch.is_decoder and not final_norm else states[i + 1]
             xs[i].append(_pool_np(states[i].double().numpy(), mask, how))
             ys[i].append(_pool_np(out.double().numpy(), mask, how))
     result = []
@@ -197,6 +197,21 @@ def test_cka_matches_independent_float64_computation(tiny_models, family, poolin
             assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
     assert stat.batches == 2 and stat.examples == 8
     assert stat.tokens == sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def test_cka_last_layer_after_the_final_norm(tiny_models):
+    """probe.cka_last=final_norm: a decoder's last layer against hidden_states[-1] (after the final norm), as
+    the reference code; the other layers unchanged; an encoder has no such norm (a clear error)."""
+    tok, model, arch = _load(tiny_models["llama"])
+    batches = _batches(tok)
+    plain = SCORERS["cka"](model, arch, iter(batches), _cfg(pooling="last"), CPU).raw
+    normed = SCORERS["cka"](model, arch, iter(batches), _cfg(pooling="last", cka_last="final_norm"), CPU).raw
+    expected = _reference_cka(model, arch, batches, "last", final_norm=True)
+    assert normed == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert normed[:-1] == pytest.approx(plain[:-1], rel=1e-12) and normed[-1] != pytest.approx(plain[-1])
+    tok, model, arch = _load(tiny_models["bert"])
+    with pytest.raises(ModelError, match="no norm after its last layer"):
+        SCORERS["cka"](model, arch, iter(_batches(tok)), _cfg(cka_last="final_norm"), CPU)
 
 
 @pytest.mark.parametrize("family", ENCODERS)

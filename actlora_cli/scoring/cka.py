@@ -19,6 +19,9 @@ example.
   0 + segment 0) is identical for every example, so layer 0 is undefined, as the reference code excludes it.
   A decoder with first-token pooling is undefined at every layer (causal attention: the first token sees only
   itself), so use ``last`` or ``mean`` there.
+- A decoder's last layer (``probe.cka_last``): ``layer`` compares its input with its raw output, as for every
+  other layer; ``final_norm`` with the hidden state after the model's final norm, as the reference code does
+  (it reads ``hidden_states[-1]``, which transformers returns after that norm).
 """
 
 from __future__ import annotations
@@ -124,18 +127,45 @@ def one_minus_cka(s: dict[str, torch.Tensor], eps: float) -> float | None:
     return 1.0 - float(torch.linalg.matrix_norm(cxy) ** 2) / denominator
 
 
+FINAL_NORMS = ("norm", "final_layernorm", "ln_f", "final_layer_norm")  # beside the stack, by family
+
+
+def final_norm(model: nn.Module, arch: Architecture) -> nn.Module:
+    """The norm a decoder applies after its last layer (Llama's ``model.norm``)."""
+    from ..errors import ModelError, Problem
+
+    backbone = arch.stack_path.rsplit(".", 1)[0]
+    for name in FINAL_NORMS:
+        path = f"{backbone}.{name}" if "." in arch.stack_path else name
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise ModelError(
+        Problem(
+            "probe.cka_last",
+            f"final_norm, but {arch.model_type} has no norm after its last layer ({', '.join(FINAL_NORMS)})",
+            "use probe.cka_last=layer (an encoder normalises inside each layer)",
+        )
+    )
+
+
 def layer_io_hooks(
     model: nn.Module,
     arch: Architecture,
     on_input: Callable[[int, torch.Tensor], None],
     on_output: Callable[[int, torch.Tensor], None],
+    last_output: nn.Module | None = None,
 ):
-    """Every layer's input and output fed to the callbacks; removed on exit, and checked to be gone."""
+    """Every layer's input and output fed to the callbacks (the last layer's output taken from
+    ``last_output`` instead, when given); removed on exit, and checked to be gone."""
     points = []
+    last = arch.num_layers - 1
     for index in range(arch.num_layers):
         layer = model.get_submodule(arch.layer_path(index))
         points.append((layer, "input", lambda t, i=index: on_input(i, t)))
-        points.append((layer, "output", lambda t, i=index: on_output(i, t)))
+        source = last_output if index == last and last_output is not None else layer
+        points.append((source, "output", lambda t, i=index: on_output(i, t)))
     return reading_hooks(points, "CKA")
 
 
@@ -152,7 +182,10 @@ def cka_scorer(
     batches_seen = 0
     model.eval()
     start = time.perf_counter()
-    with torch.inference_mode(), layer_io_hooks(model, arch, moments.add_input, moments.add_output):
+    # the authors' code compares a decoder's last layer input with the hidden state after the final norm
+    last_output = final_norm(model, arch) if cfg.probe.cka_last == "final_norm" else None
+    hooks = layer_io_hooks(model, arch, moments.add_input, moments.add_output, last_output)
+    with torch.inference_mode(), hooks:
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
             moments.set_batch(batch["attention_mask"])
