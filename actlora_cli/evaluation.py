@@ -224,12 +224,12 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
                 model, first, cfg.train.eval_batch_size, ctx.device, timing_batches, autocast=autocast
             )
             advance()
-            if loaded.arch.is_decoder:
-                # a decoder classifier answers after one prefill forward: its time to first token is the
-                # latency of a single request (batch 1), as the paper reports for Llama
-                ttft = time_inference(model, first, 1, ctx.device, timing_batches, autocast=autocast)
-                timing["time_to_first_token_ms_p50"] = ttft["latency_ms_p50"]
-                timing["time_to_first_token_ms_p90"] = ttft["latency_ms_p90"]
+            # a classifier answers after one forward: its time to first token is the latency of a single
+            # request (batch 1), for a decoder (one prefill) and an encoder alike (the paper's Table 4 gives
+            # TTFT for DeBERTa too)
+            ttft = time_inference(model, first, 1, ctx.device, timing_batches, autocast=autocast)
+            timing["time_to_first_token_ms_p50"] = ttft["latency_ms_p50"]
+            timing["time_to_first_token_ms_p90"] = ttft["latency_ms_p90"]
             if cfg.lora.method == "full":
                 timing["merged"] = {"skipped": "full fine-tuning has no adapter to merge"}
             elif cfg.model.quantization == "none":

@@ -193,7 +193,7 @@ def eval_result(doc: dict[str, Any], path: Path) -> None:
             f"{tm['latency_ms_p50']:.3f} / {tm['latency_ms_p90']:.3f}",
         )
         table.add_row(f"throughput samples/s ({mode})", f"{tm['throughput_samples_per_s']:.1f}")
-    if "time_to_first_token_ms_p50" in timing:  # decoders only: one prefill forward, batch 1
+    if "time_to_first_token_ms_p50" in timing:  # batch 1; older eval.json: decoders only
         table.add_row(
             "time to first token ms p50 / p90",
             f"{timing['time_to_first_token_ms_p50']:.3f} / {timing['time_to_first_token_ms_p90']:.3f}",
