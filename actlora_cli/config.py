@@ -413,6 +413,11 @@ class TrainSection(Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear",
+        description="The learning rate after the warm-up: linear decay to zero (the paper's), half a cosine "
+        "to zero, or constant (transformers.get_scheduler's cosine and constant_with_warmup).",
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm (null: off).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     save_every: int | None = Field(

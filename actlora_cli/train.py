@@ -65,6 +65,16 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """train.scheduler: ``linear`` (lr_lambda above), or transformers' ``cosine`` / ``constant_with_warmup``
+    (half a cosine from the peak to zero after the warm-up / the peak held after it)."""
+    if name == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup_steps))
+    from transformers import get_scheduler
+
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # What the loop works with and what it accumulates
 
@@ -206,7 +216,7 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     fused = {"fused": True} if ctx.device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
     warmup = round(t.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup))
+    scheduler = make_scheduler(t.scheduler, optimizer, total_steps, warmup)
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     return Run(
         cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch,

@@ -281,3 +281,25 @@ def test_cost_account_device_hours_are_the_timed_phases(tmp_path, tiny_models, t
     assert inside_loop <= cost["loop_seconds"] + 0.01 and cost["loop_seconds"] == summary["train_seconds"]
     host = summary["host"]
     assert host["cpu_count"] >= 1 and 0.0 <= host["others_cpu_share"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "constant_with_warmup"])
+def test_scheduler_shapes_by_hand(name):
+    """train.scheduler over 12 steps with 2 of warm-up at peak 1.0: the rate each step runs with."""
+    import math
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1.0)
+    scheduler = train.make_scheduler(name, optimizer, total_steps=12, warmup_steps=2)
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    if name == "linear":  # ours: (s + 1) / 3 during warm-up, then (12 - s) / 10
+        expected = [1 / 3, 2 / 3] + [(12 - s) / 10 for s in range(2, 12)]
+    elif name == "cosine":  # transformers: s / 2 during warm-up, then half a cosine over the 10 steps left
+        expected = [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * (s - 2) / 10)) for s in range(2, 12)]
+    else:
+        expected = [0.0, 0.5] + [1.0] * 10
+    assert lrs == pytest.approx(expected)
