@@ -118,4 +118,12 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
             "total_s": round(time.perf_counter() - started, 4),
         },
     }
-    return artifacts.finish_stage(cfg, "scores", doc, ctx.is_main)
+    doc = artifacts.finish_stage(cfg, "scores", doc, ctx.is_main)
+    if ctx.is_main:  # a look at the profile beside the numbers (after them: the plot is derived)
+        from .analysis.plots import plot_layer_scores
+
+        site = f"@{p.site}" if p.scorer == "activation_norm" else ""
+        title = f"{p.scorer}{site}: {cfg.model.name}, {spec.name}, S={stat.batches}"
+        title += " (bars: 2 standard errors)" if doc["score_stderr"] else ""
+        plot_layer_scores(scores, [], cfg.run_dir / "scores.png", title, doc["score_stderr"])
+    return doc

@@ -59,7 +59,7 @@ def study_tasks(cfg: Config, tasks: list[str], out: Path) -> dict[str, Any]:
         doc = probe_scores(cfg.with_overrides({"task.name": task}), out, f"task_{task}", cfg.probe.seed)
         by_task[task] = doc["scores"]
     result = agreement.task_agreement(by_task)
-    plots.plot_heatmap(by_task, out / "tasks_scores.png", f"{cfg.probe.scorer} scores by task")
+    plots.plot_heatmap(by_task, out / "tasks_scores.png", f"{cfg.probe.scorer} scores by task", ylabel="task")
     md = agreement.markdown(result)
     payload = {"tasks": tasks, "scores_by_task": by_task, "results": result, **_context(cfg)}
     report.write_study(out, "tasks", payload, md)

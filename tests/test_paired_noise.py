@@ -59,6 +59,7 @@ def test_probe_records_per_batch_values_and_rank_uses_them(tmp_path, six_layer_b
     runner = CliRunner()
     assert runner.invoke(app, ["probe", "-c", str(cfg)]).exit_code == 0
     scores = json.loads((run / "scores.json").read_text())
+    assert (run / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the profile, plotted beside it
     per_batch = np.asarray(scores["raw_per_batch"])
     assert per_batch.shape == (5, 6)
     np.testing.assert_allclose(per_batch.mean(axis=0), scores["raw"], rtol=1e-12)

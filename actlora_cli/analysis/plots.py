@@ -37,22 +37,31 @@ def _save(fig: Figure, path: Path | str) -> Path:
     return path
 
 
-def plot_layer_scores(scores: Sequence[float], selected: Sequence[int], path: Path | str, title: str) -> Path:
-    """Bar chart of per-layer scores; the selected layers are filled, the others pale."""
+def plot_layer_scores(
+    scores: Sequence[float],
+    selected: Sequence[int],
+    path: Path | str,
+    title: str,
+    stderr: Sequence[float] | None = None,
+) -> Path:
+    """Bar chart of per-layer scores; the selected layers are filled, the others pale (no legend when none is
+    selected: the probe's own plot); ``stderr``: error bars of twice the standard error."""
     fig = _figure(len(scores))
     ax = fig.add_subplot()
     chosen = set(selected)
     layers = range(len(scores))
     colors = {True: "tab:orange", False: "lightsteelblue"}
-    ax.bar(layers, scores, color=[colors[i in chosen] for i in layers])
+    errors = None if stderr is None else [2 * e for e in stderr]
+    ax.bar(layers, scores, color=[colors[i in chosen] for i in layers], yerr=errors, capsize=3)
     ax.set(xticks=list(layers), xlabel="layer", ylabel="score", title=title)
-    ax.legend(
-        handles=[
-            Patch(color=colors[True], label=f"selected ({len(chosen)})"),
-            Patch(color=colors[False], label="not selected"),
-        ]
-    )
-    return _save(fig, path)
+    if chosen:
+        ax.legend(
+            handles=[
+                Patch(color=colors[True], label=f"selected ({len(chosen)})"),
+                Patch(color=colors[False], label="not selected"),
+            ]
+        )
+    return _save_atomic(fig, path)
 
 
 def plot_cumulative(
