@@ -405,6 +405,57 @@ def profile(
         render.costs(run_profile(cfg, batches=batches, rounds=rounds), cfg.run_dir / "costs.json")
 
 
+@app.command(short_help="Label a JSON Lines file with the trained run -> predictions JSON Lines.")
+def predict(
+    input_: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="JSON Lines, one object per line with the task's text field(s).",
+            show_default=False,
+        ),
+    ],  # fmt: skip
+    output: Annotated[Path, typer.Option("--output", help="Where the predictions go (JSON Lines).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score every line of --input with the run's trained model (batched, longest first) and write each
+    line back with "prediction" (the label's name where the task has names), "label_id" and
+    "probabilities" (regression: "prediction" alone) to --output, atomically."""
+    with _handled(debug):
+        cfg = _config(config, set_, {"output_dir": output_dir})
+        _quiet_libraries()
+        from .serve import run_predict
+
+        render.served(run_predict(cfg, input_, output, overwrite), "predict")
+
+
+@app.command(short_help="Merge the adapter into the base -> a model folder plain from_pretrained serves.")
+def export(
+    merge: Annotated[Path, typer.Option("--merge", help="The model folder to write.", show_default=False)],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    output_dir: OutputOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing model folder at --merge.")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write the run's model with the adapter merged into the base weights (full fine-tuning: the model as
+    trained) and the tokenizer to --merge, so that AutoModelForSequenceClassification.from_pretrained serves
+    it with no peft. Refused on a 4-bit base (merging re-quantises: another model)."""
+    with _handled(debug):
+        cfg = _config(config, set_, {"output_dir": output_dir})
+        _quiet_libraries()
+        from .serve import run_export
+
+        render.served(run_export(cfg, merge, overwrite), "export")
+
+
 @app.command(short_help="Runs against a baseline, Table 5's columns, seeds as mean ± std.")
 def compare(
     runs: Annotated[

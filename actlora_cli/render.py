@@ -127,6 +127,15 @@ def selection(doc: dict[str, Any], path: Path) -> None:
 
 
 @_result()
+def served(doc: dict[str, Any], what: str) -> None:
+    """predict / export: what was written where."""
+    if what == "predict":
+        ui.out.print(f"{doc['examples']} predictions -> {doc['output']} ({doc['seconds']} s)")
+    else:
+        ui.out.print(f"{doc['method']} model, merged, with its tokenizer -> {doc['dest']}")
+
+
+@_result()
 def costs(doc: dict[str, Any], path: Path) -> None:
     """costs.json: per lowest adapted layer, the step time and the prefix's share; every layer's step."""
     from .costmodel import CostModel
