@@ -452,6 +452,18 @@ class TrainSection(Section):
         "uses autocast, else fp32.",
     )
     seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Also evaluate every N optimizer steps (every epoch end always)."
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Early stopping: stop after N evaluations in a row without a better first metric (the "
+        "summary records the best evaluation and the stop).",
+    )
+    save_total_limit: int | None = Field(
+        None, ge=1, description="Keep at most N checkpoints/step-* weight copies (the oldest go)."
+    )
     logging_steps: int = Field(
         50,
         ge=1,

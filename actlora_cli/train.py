@@ -157,6 +157,9 @@ class Totals:
     steps_timed: int = 0
     peak_mib: float = 0.0  # CUDA: the largest per-step peak (the counter is reset every step)
     history: list[dict[str, Any]] = field(default_factory=list)  # validation metrics at each epoch end
+    best: dict[str, Any] | None = None  # the best evaluation so far: step, metric name, value
+    stale: int = 0  # evaluations since the best
+    stopped_early: dict[str, Any] | None = None
 
     def add(self, result: StepResult) -> None:
         self.samples += result.samples
@@ -499,6 +502,7 @@ def run_train(
     run.ddp_model.train()
     # the log is appended to (a resumed run continues it) by rank 0 only, and closed on any exit
     log_file = run.log_path.open("a") if run.ctx.is_main else nullcontext()
+    stop = False
     with ui.progress("train", run.total_steps, every=t.logging_steps) as advance, log_file as log:
         advance(step)
         while step < run.total_steps:
@@ -523,14 +527,11 @@ def run_train(
                     info=f"epoch {step / per_epoch:.2f}  loss {result.loss:.4f}  lr {result.lr:.2e}  "
                     f"{rate:.1f} samples/s",
                 )
-                epoch_done = step % per_epoch == 0 or step == run.total_steps
-                if epoch_done:
-                    evaluate_epoch(run, step, totals)
-                if epoch_done or (t.save_every is not None and step % t.save_every == 0):
-                    totals.train_seconds = time.perf_counter() - loop_start
-                    checkpoint(run, step, totals, keep_step_copy=epoch_done)
-                if step >= run.total_steps:
+                stop = after_step(run, step, totals, loop_start)
+                if stop or step >= run.total_steps:
                     break
+            if stop:
+                break
     totals.train_seconds = time.perf_counter() - loop_start
     if run.cache is not None:
         run.prefix["cache"] = {"store": run.prefix["cache_store"], **run.cache.report()}
@@ -545,6 +546,46 @@ def run_train(
     if aside is not None and run.ctx.is_main:
         runfolder.remove(aside, cfg.run_dir)  # the replacement has finished: the earlier run may go
     return doc
+
+
+def after_step(run: Run, step: int, totals: Totals, loop_start: float) -> bool:
+    """Evaluation (at epoch ends, and every train.eval_steps), early stopping, checkpoints; True when the run
+    stops early (train.patience evaluations without a better first metric)."""
+    t = run.cfg.train
+    epoch_done = step % run.steps_per_epoch == 0 or step == run.total_steps
+    evaluate = epoch_done or (t.eval_steps is not None and step % t.eval_steps == 0)
+    stop = False
+    if evaluate:
+        evaluate_epoch(run, step, totals)
+        stop = no_longer_improving(run, step, totals)
+    if evaluate or stop or (t.save_every is not None and step % t.save_every == 0):
+        totals.train_seconds = time.perf_counter() - loop_start
+        checkpoint(run, step, totals, keep_step_copy=epoch_done or stop)
+    return stop
+
+
+def no_longer_improving(run: Run, step: int, totals: Totals) -> bool:
+    """Track the best evaluation (the first metric of the first split: higher is better for every task
+    metric); True when train.patience evaluations in a row have not beaten it."""
+    split, values = next(iter(totals.history[-1]["metrics"].items()))
+    name, value = next(iter(values.items()))
+    if totals.best is None or value > totals.best["value"]:
+        totals.best = {"step": step, "metric": f"{split} {name}", "value": value}
+        totals.stale = 0
+    else:
+        totals.stale += 1
+    patience = run.cfg.train.patience
+    if patience is not None and totals.stale >= patience and step < run.total_steps:
+        totals.stopped_early = {
+            "step": step,
+            "evaluations_without_improvement": totals.stale,
+            "best": totals.best,
+        }
+        ui.note(
+            f"early stop at step {step}: {totals.stale} evaluations without a better {totals.best['metric']}"
+        )
+        return True
+    return False
 
 
 def log_record(step: int, steps_per_epoch: int, result: StepResult) -> dict[str, Any]:
@@ -576,7 +617,7 @@ def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
         logits = predict(run.model, data, run.cfg.train.eval_batch_size, run.ctx, run.autocast)
         labels = data.labels.numpy()
         metrics[split] = compute_metrics(run.spec.metrics, logits, labels, run.spec.is_regression)
-        if i == 0 and step == run.total_steps and run.ctx.is_main:
+        if i == 0 and run.ctx.is_main:  # the latest evaluation's: the final one when the run ends
             predicted = logits[:, 0] if run.spec.is_regression else logits.argmax(axis=-1)
             doc = {"split": split, "step": step, "labels": labels.tolist(), "predictions": predicted.tolist()}
             artifacts.atomic_write_text(run.cfg.run_dir / "predictions.json", json.dumps(doc))
@@ -599,6 +640,11 @@ def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> Non
         if keep_step_copy:
             weights = run.adapted.weights_dir
             shutil.copytree(last / weights, run.ckpt_dir / f"step-{step}", dirs_exist_ok=True)
+            runfolder.mark(run.ckpt_dir / f"step-{step}")  # actlora's: save_total_limit may delete it
+            limit = run.cfg.train.save_total_limit
+            copies = sorted(run.ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+            for old in copies[: max(0, len(copies) - limit)] if limit is not None else []:
+                runfolder.remove(old, run.cfg.run_dir)  # the oldest copies beyond train.save_total_limit
     barrier()
     totals.checkpoint_seconds += time.perf_counter() - began  # saved with the next checkpoint
 
@@ -627,6 +673,8 @@ def summary(
         "steps": step,
         "epochs": round(step / run.steps_per_epoch, 4),
         "final_metrics": totals.history[-1]["metrics"] if totals.history else {},
+        "best": totals.best,
+        "stopped_early": totals.stopped_early,
         "history": totals.history,
         "frozen_prefix": run.prefix,
         "mean_step_ms": {p: round(v / steps_run, 3) for p, v in zip(phases, totals.phase_ms, strict=True)},

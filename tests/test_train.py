@@ -303,3 +303,34 @@ def test_scheduler_shapes_by_hand(name):
     else:
         expected = [0.0, 0.5] + [1.0] * 10
     assert lrs == pytest.approx(expected)
+
+
+def test_eval_steps_patience_and_save_total_limit(tmp_path, tiny_models, tiny_task, monkeypatch):
+    """Evaluations every 2 steps; a metric that never improves after the first stops the run after
+    patience=2 more evaluations, with a checkpoint there; at most 2 step copies are kept."""
+    values = iter([0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+
+    def fake_metrics(names, logits, labels, regression):
+        return {"accuracy": next(values), "loss": 0.1}
+
+    monkeypatch.setattr(train, "compute_metrics", fake_metrics)
+    sections = {"k": "all"}
+    settings = {"epochs": 1, "eval_steps": 2, "patience": 2, "save_total_limit": 2}
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, rank=sections, train=settings)
+    summary = train.run_train(cfg)
+    # evaluations at steps 2 (0.9, the best), 4 and 6 (no better): stopped at 6 of 12
+    assert [h["step"] for h in summary["history"]] == [2, 4, 6]
+    assert summary["steps"] == 6 and summary["stopped_early"]["step"] == 6
+    assert summary["best"] == {"step": 2, "metric": "validation accuracy", "value": 0.9}
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("step-*")) == ["step-6"]
+    log = [json.loads(line) for line in (cfg.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and (cfg.run_dir / "predictions.json").is_file()
+
+
+def test_save_total_limit_keeps_the_newest_step_copies(tmp_path, tiny_models, tiny_task):
+    cfg = _cfg(
+        tmp_path, tiny_models, tiny_task, rank={"k": "all"}, train={"epochs": 3, "save_total_limit": 2}
+    )
+    train.run_train(cfg)
+    # epoch ends at steps 12, 24, 36: the two newest copies stay
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("step-*")) == ["step-24", "step-36"]
