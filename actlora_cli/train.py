@@ -262,8 +262,8 @@ OUTPUTS = (
 # Settings that do not change what a run learns, so a resume may differ in them: where it is written, the
 # probe (the plan itself is compared), when it stops or saves, and how it is evaluated.
 RESUMABLE_CHANGES = ("output_dir", "probe.", "rank.", "train.max_steps", "train.save_every",
-                     "train.eval_batch_size", "train.logging_steps", "task.max_eval_examples",
-                     "task.eval_split")  # fmt: skip
+                     "train.eval_batch_size", "train.logging_steps", "train.eval_steps", "train.patience",
+                     "train.save_total_limit", "task.max_eval_examples", "task.eval_split")  # fmt: skip
 
 
 def training_settings(cfg: Config) -> dict[str, Any]:
