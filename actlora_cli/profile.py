@@ -32,14 +32,14 @@ from .timing import PhaseTimer
 
 
 def spread_batches(batches: list[list[int]], lengths: list[int], count: int) -> list[list[int]]:
-    """``count`` batches at evenly spaced quantiles of padded size (rows x longest): a small sample whose mean
-    step is close to the epoch's, however batches are grouped by length."""
+    """``count`` batches of padded size (rows x longest) at the midpoints of ``count`` equal slices of the
+    sorted epoch: each stands for as many batches as the others, so the sample's mean step is close to the
+    epoch's however batches are grouped by length (the extremes, which end-to-end quantiles would include,
+    overweight a long-tailed length distribution)."""
     by_size = sorted(batches, key=lambda b: len(b) * max(lengths[i] for i in b))
     if len(by_size) <= count:
         return by_size
-    if count == 1:
-        return [by_size[len(by_size) // 2]]
-    return [by_size[round(q * (len(by_size) - 1) / (count - 1))] for q in range(count)]
+    return [by_size[int((q + 0.5) * len(by_size) / count)] for q in range(count)]
 
 
 def _layer_of(name: str, marker: str) -> int | None:

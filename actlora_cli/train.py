@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import artifacts, costmodel, runfolder, ui
+from . import artifacts, costmodel, model_card, runfolder, ui
 from .adapters import Adapted, adapted_layers, apply_method, count_parameters
 from .checkpoints import last_checkpoint, load_state, save_checkpoint, seed_everything, set_rng_state
 from .config import Config
@@ -106,6 +106,7 @@ class Run:
     prep_seconds: dict[str, float]  # this invocation's model loading and data preparation
     trainable: int
     total: int
+    tokenizer: Any = None  # saved beside the adapter (model_card.complete)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -224,7 +225,7 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     return Run(
         cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch,
         total_steps, adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype,
-        autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total,
+        autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total, loaded.tokenizer,
     )  # fmt: skip
 
 
@@ -538,14 +539,27 @@ def run_train(
         run.cache.close()
     weights = cfg.run_dir / run.adapted.weights_dir
     if run.ctx.is_main:
-        run.adapted.save(weights)
-        runfolder.mark(weights)
+        save_weights(run, totals, weights)
     barrier()  # the weights are on disk before any rank reports the run done
     doc = summary(run, step, totals, started, artifacts.folder_hash(weights), host)
     doc = artifacts.finish_stage(cfg, "train_summary", doc, run.ctx.is_main)
     if aside is not None and run.ctx.is_main:
         runfolder.remove(aside, cfg.run_dir)  # the replacement has finished: the earlier run may go
     return doc
+
+
+def save_weights(run: Run, totals: Totals, weights: Path) -> None:
+    """The trained weights; an adapter folder also gets the tokenizer, the labels, a portable base reference
+    and a model card (model_card.complete); a full model/ is complete as saved."""
+    run.adapted.save(weights)
+    if run.cfg.lora.method != "full":
+        final = totals.history[-1]["metrics"] if totals.history else {}
+        model_card.complete(
+            weights, tokenizer=run.tokenizer, model_name=run.cfg.model.name, method=run.cfg.lora.method,
+            task=run.spec.name, labels=model_card.label_record(run.spec.num_labels, run.spec.label_names),
+            plan={**run.plan.to_doc(), "source": run.plan.source}, metrics=final, trainable=run.trainable,
+        )  # fmt: skip
+    runfolder.mark(weights)
 
 
 def after_step(run: Run, step: int, totals: Totals, loop_start: float) -> bool:

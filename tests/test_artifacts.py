@@ -184,11 +184,15 @@ GOOD = {
     },
     "train_summary": {"model": {"name": "m", "num_layers": 6}, "plan": {"layers": [4, 5]}, "method": "lora"},
     "eval": {"model": {"name": "m"}, "metrics": {"validation": {"accuracy": 0.5, "f1": 1}}},
+    "costs": {
+        "model": {"name": "m", "num_layers": 2}, "step_seconds": {"lowest": [0.3, 0.2], "all": 0.4},
+        "prefix_forward_seconds": [0.01, 0.1],
+    },
 }  # fmt: skip
 
 
 def test_schema_covers_the_kinds_readers_check():
-    assert set(artifacts.SCHEMAS) == set(GOOD) == {"scores", "selection", "train_summary", "eval"}
+    assert set(artifacts.SCHEMAS) == set(GOOD) == {"scores", "selection", "train_summary", "eval", "costs"}
 
 
 @pytest.mark.parametrize("kind", list(GOOD))

@@ -45,7 +45,7 @@ BAD_CONFIGS = [
         "lora:\n  rnak: 4\n",
         [],
         "lora.rnak",
-        "known keys here: adalora, alpha, dropout, ia3, method, r, targets, vera",
+        "known keys here: adalora, alpha, dropout, ia3, method, r, targets, train_pooler, vera",
     ),
     ("wrong-type-float", "train:\n  lr: fast\n", [], "train.lr", "valid number"),
     (

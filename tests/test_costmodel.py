@@ -183,3 +183,14 @@ def test_budget_conflicts_are_config_errors(tmp_path, six_layer_bert, tiny_task)
     assert result.exit_code == 2 and "rank.strategy=scores" in text
     result, text = _invoke("rank", "-c", str(cfg), "--budget", "1.5")
     assert result.exit_code == 2 and "budget" in text
+
+
+def test_profile_batches_are_slice_midpoints():
+    from actlora_cli.profile import spread_batches
+
+    # 10 one-row batches of lengths 1..10 (shuffled): 5 slices of 2; position int((q + 0.5) x 2) of each
+    lengths = [7, 2, 9, 1, 4, 10, 3, 6, 8, 5]
+    batches = [[i] for i in range(10)]
+    chosen = spread_batches(batches, lengths, 5)
+    assert [lengths[b[0]] for b in chosen] == [2, 4, 6, 8, 10]
+    assert spread_batches(batches, lengths, 20) == sorted(batches, key=lambda b: lengths[b[0]])

@@ -279,7 +279,8 @@ def test_compare_refuses_an_eval_of_other_weights(tmp_path, tiny_models, tiny_ta
 
 
 def test_ctrl_c_exits_130_with_the_resume_command_and_resume_finishes(tmp_path, tiny_models, tiny_task):
-    cfg = _cfg(tmp_path, tiny_models, tiny_task, train={"epochs": 3, "save_every": 2})
+    # 240 steps: long enough that the interrupt lands mid-run on a fast or a loaded machine
+    cfg = _cfg(tmp_path, tiny_models, tiny_task, train={"epochs": 20, "save_every": 2})
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     proc = _actlora("train", "-c", str(path))
@@ -289,7 +290,7 @@ def test_ctrl_c_exits_130_with_the_resume_command_and_resume_finishes(tmp_path, 
     assert proc.returncode == 130, out
     assert f"continue from the last checkpoint with: actlora train -c {path} --resume" in out
     assert "Traceback" not in out
-    assert train.run_train(cfg, resume=True)["steps"] == 36
+    assert train.run_train(cfg, resume=True)["steps"] == 240
 
 
 def test_a_diverged_run_exits_3(tmp_path, tiny_models, tiny_task):

@@ -11,7 +11,7 @@ from actlora_cli.config import load_config
 ROOT = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = sorted(ROOT.glob("**/*.yaml"))
 # offline default + its demo + BERT-base SST-2 + DeBERTa-v3-base x 9 GLUE tasks + Llama-3.1-8B QLoRA x 9
-EXPECTED_COUNT = 21
+EXPECTED_COUNT = 22
 
 
 def test_found_every_shipped_config():

@@ -1,0 +1,102 @@
+"""What makes a finished adapter folder self-contained: the tokenizer, the task's labels (``actlora.json``:
+num_labels, id2label, problem_type, the plan, the base model), a base-model reference that works on another
+machine, and a model card (README.md) that states the plan, the scores, the method, the metrics, the command
+that made it and the lines that load it."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import artifacts
+from .modeling import PACKAGED_PREFIX
+
+# the packaged models' hub ids: a reference another machine can resolve (the packaged path is one venv's)
+HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def portable_base(name: str) -> str:
+    if name.startswith(PACKAGED_PREFIX):
+        return HUB_IDS.get(name[len(PACKAGED_PREFIX) :], name)
+    return name
+
+
+def label_record(num_labels: int, label_names: tuple[str, ...] | None) -> dict[str, Any]:
+    names = list(label_names) if label_names else [f"LABEL_{i}" for i in range(max(num_labels, 1))]
+    return {
+        "num_labels": num_labels,
+        "problem_type": "regression" if num_labels == 1 else "single_label_classification",
+        "id2label": {str(i): n for i, n in enumerate(names)} if num_labels > 1 else None,
+    }
+
+
+def complete(
+    folder: Path,
+    *,
+    tokenizer,
+    model_name: str,
+    method: str,
+    task: str,
+    labels: dict[str, Any],
+    plan: dict[str, Any],
+    metrics: dict[str, dict[str, float]],
+    trainable: int,
+) -> None:
+    """Write the tokenizer, actlora.json and README.md into a saved peft adapter folder, and point its
+    adapter_config.json at a portable base."""
+    tokenizer.save_pretrained(folder)
+    config_path = folder / "adapter_config.json"
+    base = portable_base(model_name)
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base
+        artifacts.atomic_write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    record = {"base_model": base, "model_name": model_name, "task": task, "method": method, **labels,
+              "plan": plan}  # fmt: skip
+    artifacts.atomic_write_text(folder / "actlora.json", json.dumps(record, indent=2) + "\n")
+    artifacts.atomic_write_text(folder / "README.md", card(record, metrics, trainable))
+
+
+def card(record: dict[str, Any], metrics: dict[str, dict[str, float]], trainable: int) -> str:
+    plan = record["plan"]
+    shown = ", ".join(f"{split} {k} {v:.4f}" for split, m in metrics.items() for k, v in m.items()) or "none"
+    # ignore_mismatched_sizes: a base whose checkpoint has a head of another size (the saved head replaces it)
+    load_args = f"num_labels={record['num_labels']}, ignore_mismatched_sizes=True"
+    if record["problem_type"] == "regression":
+        load_args += ', problem_type="regression"'
+    command = " ".join(shlex.quote(a) for a in ["actlora", *sys.argv[1:]]) if sys.argv else "actlora"
+    ranking = plan.get("ranking")
+    return f"""---
+library_name: peft
+base_model: {record["base_model"]}
+tags: [actlora, lora, {record["method"]}, text-classification]
+---
+
+# {record["method"]} adapter for {record["task"]}, layers {plan["layers"]}
+
+Made by [actlora](https://pypi.org/project/actlora/) (activation-guided layer selection for LoRA).
+
+- base model: `{record["base_model"]}` (configured as `{record["model_name"]}`)
+- task: {record["task"]}; labels: {record["id2label"] or "one regression output"}
+- method: {record["method"]}; trainable parameters: {trainable:,}
+- layer plan: {plan["layers"]} (rule {plan.get("rule")}, strategy {plan.get("strategy")})
+- plan from: {plan.get("source")}
+- layers by score, best first: {ranking if ranking is not None else "none (a plan by position or by name)"}
+- final metrics: {shown}
+- made with: `{command}`
+
+## Load it
+
+```python
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForSequenceClassification.from_pretrained("<this folder>", {load_args})
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")
+```
+
+The label count and names are in `actlora.json` (transformers builds the base with two labels unless told).
+"""
