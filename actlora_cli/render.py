@@ -156,7 +156,7 @@ def costs(doc: dict[str, Any], path: Path) -> None:
     table.add_row("every layer", f"{s['all']:.4f}", f"{s['all']:.4f}", "", f"{spread:.3f}")
     ui.out.print(table)
     ui.out.print(
-        f"each layer above the lowest adds {model.adapter:.4f} s; step(P) = step[min P] + (|P| - 1) x that "
+        f"each layer above the lowest adds {model.adapter:.4f} s; step(P) = step\\[min P] + (|P| - 1) x that "
         f"-> {path}"
     )
 
