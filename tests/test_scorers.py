@@ -281,7 +281,9 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
     for w in (w for layer in weights for w in layer):
         w.requires_grad_(True)
     totals = {kind: np.zeros(arch.num_layers) for kind in GRADIENT_KINDS}
+    per_batch = {kind: [] for kind in GRADIENT_KINDS}
     for batch in batches:
+        before = {kind: t.copy() for kind, t in totals.items()}
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         labels = batch["labels"]
         loss = F.mse_loss(logits.squeeze(-1), labels) if regression else F.cross_entropy(logits, labels)
@@ -292,7 +294,10 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
                 totals["grad_norm"][i] += float(g64.pow(2).sum().sqrt())
                 totals["fisher"][i] += float(g64.pow(2).sum())
                 totals["taylor"][i] += float((w64 * g64).abs().sum())
-    return {kind: (t / len(batches)).tolist() for kind, t in totals.items()}
+        for kind in GRADIENT_KINDS:
+            per_batch[kind].append(totals[kind] - before[kind])
+    means = {kind: (t / len(batches)).tolist() for kind, t in totals.items()}
+    return means, {kind: np.stack(rows) for kind, rows in per_batch.items()}
 
 
 @pytest.mark.parametrize(
@@ -308,11 +313,14 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
 def test_gradient_scorers_match_hand_autograd(tiny_models, family, targets, num_labels):
     tok, model, arch = _load(tiny_models[family], num_labels)
     batches = _batches(tok, regression=num_labels == 1)
-    expected = _reference_gradient_stats(model, arch, batches, targets, num_labels == 1)
+    expected, rows = _reference_gradient_stats(model, arch, batches, targets, num_labels == 1)
     cfg = Config.model_validate({"lora": {"targets": targets}})
     for kind in GRADIENT_KINDS:
         stat = SCORERS[kind](model, arch, iter(batches), cfg, CPU)
         assert stat.raw == pytest.approx(expected[kind], rel=1e-6), kind
+        # the per-batch values and their standard error over the S batches, as activation norms record them
+        np.testing.assert_allclose(stat.per_batch, rows[kind], rtol=1e-6)
+        np.testing.assert_allclose(stat.raw_stderr, rows[kind].std(axis=0, ddof=1) / np.sqrt(2), rtol=1e-5)
         assert stat.batches == 2 and stat.examples == 8
         assert stat.tokens == sum(int(b["attention_mask"].sum()) for b in batches)
 

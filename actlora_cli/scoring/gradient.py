@@ -144,13 +144,18 @@ def gradient_scorer(
             tokens += batch["attention_mask"].sum()
             examples += labels.shape[0]
     # the statistics are of the global batch's gradient, already identical on every rank: no reduction
-    raw = torch.stack(values).mean(dim=0).tolist() if values else [None] * arch.num_layers
+    stacked = torch.stack(values) if values else None
+    raw = stacked.mean(dim=0).tolist() if stacked is not None else [None] * arch.num_layers
+    # the spread of the per-batch values, as for activation norms: whether two layers are told apart
+    stderr = (stacked.std(dim=0) / len(values) ** 0.5).tolist() if len(values) >= 2 else None
     return LayerStatistic(
         raw=raw,
         batches=len(values),
         tokens=int(all_reduce_sum(tokens).item()),
         examples=int(all_reduce_sum(examples).item()),
         forward_seconds=time.perf_counter() - start,
+        raw_stderr=stderr,
+        per_batch=stacked.tolist() if stacked is not None else None,
     )
 
 
