@@ -123,6 +123,8 @@ def within_budget(
     step seconds over the run fit ``limit_seconds``; with the predicted seconds and the search used. None when
     no plan fits."""
     n = len(scores)
+    if k is not None and not 1 <= k <= n:
+        raise ValueError(f"k={k}: a plan has 1..{n} layers")
     if len(model.lowest) != n:
         raise ConfigError(
             [

@@ -132,6 +132,8 @@ def run_frontier(
 
     focus_k = base.rank.k if isinstance(base.rank.k, int) and base.rank.k < n else min(3, n - 1)
     guided_focus = tuple(by_strategy("scores", focus_k, n, 0, scores).layers)
+    # the protocol check's plan is also trained the fast way, whether or not --k asked for its k
+    plans.setdefault(guided_focus, [{"k": focus_k, "strategy": "scores", "draw": None}])
     jobs = []  # (layers, seed, variant)
     for seed in seeds:
         order = list(plans)

@@ -137,9 +137,19 @@ def run_export(cfg: Config, dest: Path, overwrite: bool = False) -> dict[str, An
     try:
         merged.save_pretrained(staging)
         loaded.tokenizer.save_pretrained(staging)
-        if dest.exists():
-            shutil.rmtree(dest)  # a model folder (checked above), replaced as --overwrite asked
-        staging.rename(dest)
+        old = None
+        if dest.exists():  # a model folder (checked above), replaced as --overwrite asked: moved aside first
+            old = dest.with_name(f".{dest.name}.replaced")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+        try:
+            staging.rename(dest)
+        except OSError:
+            if old is not None:
+                old.rename(dest)  # put the earlier model back
+            raise
+        if old is not None:
+            shutil.rmtree(old)  # the new folder is in place: the old one may go
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -67,7 +67,7 @@ class AutoStop:
         cut, layers = plans[-1]
         raw = prefix[-1].tolist()
         stderr = (means.std(dim=0) / n**0.5).tolist()  # as activation_norms records it
-        settled = all(p == plans[-1] for p in plans)
+        settled = n >= STABLE_BATCHES and all(p == plans[-1] for p in plans)  # never on fewer prefixes
         if not 1 <= cut < num_layers:  # every layer (or none) chosen: no boundary
             self.last = {"cut": cut, "layers": sorted(layers), "settled": settled}
             self.resolved = settled

@@ -506,7 +506,7 @@ def run_train(
     stop = False
     with ui.progress("train", run.total_steps, every=t.logging_steps) as advance, log_file as log:
         advance(step)
-        while step < run.total_steps:
+        while step < run.total_steps and totals.stopped_early is None:  # a resumed early stop stays stopped
             epoch = step // per_epoch
             # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same
             # batches
@@ -583,7 +583,7 @@ def no_longer_improving(run: Run, step: int, totals: Totals) -> bool:
     metric); True when train.patience evaluations in a row have not beaten it."""
     split, values = next(iter(totals.history[-1]["metrics"].items()))
     name, value = next(iter(values.items()))
-    if totals.best is None or value > totals.best["value"]:
+    if totals.best is None or math.isnan(totals.best["value"]) or value > totals.best["value"]:
         totals.best = {"step": step, "metric": f"{split} {name}", "value": value}
         totals.stale = 0
     else:
@@ -657,8 +657,10 @@ def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> Non
             runfolder.mark(run.ckpt_dir / f"step-{step}")  # actlora's: save_total_limit may delete it
             limit = run.cfg.train.save_total_limit
             copies = sorted(run.ckpt_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+            best = f"step-{totals.best['step']}" if totals.best else None
             for old in copies[: max(0, len(copies) - limit)] if limit is not None else []:
-                runfolder.remove(old, run.cfg.run_dir)  # the oldest copies beyond train.save_total_limit
+                if old.name != best:  # the best evaluation's copy stays
+                    runfolder.remove(old, run.cfg.run_dir)  # the oldest beyond train.save_total_limit
     barrier()
     totals.checkpoint_seconds += time.perf_counter() - began  # saved with the next checkpoint
 

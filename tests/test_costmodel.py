@@ -194,3 +194,10 @@ def test_profile_batches_are_slice_midpoints():
     chosen = spread_batches(batches, lengths, 5)
     assert [lengths[b[0]] for b in chosen] == [2, 4, 6, 8, 10]
     assert spread_batches(batches, lengths, 20) == sorted(batches, key=lambda b: lengths[b[0]])
+
+
+def test_budget_search_refuses_an_impossible_k():
+    one = RunShape(1, 1, False)
+    for k in (0, 5):
+        with pytest.raises(ValueError, match="a plan has 1..4 layers"):
+            within_budget(HAND, [0.1, 0.2, 0.3, 0.4], one, 100.0, k=k)

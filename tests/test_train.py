@@ -331,6 +331,7 @@ def test_save_total_limit_keeps_the_newest_step_copies(tmp_path, tiny_models, ti
     cfg = _cfg(
         tmp_path, tiny_models, tiny_task, rank={"k": "all"}, train={"epochs": 3, "save_total_limit": 2}
     )
-    train.run_train(cfg)
-    # epoch ends at steps 12, 24, 36: the two newest copies stay
-    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("step-*")) == ["step-24", "step-36"]
+    summary = train.run_train(cfg)
+    # epoch ends at steps 12, 24, 36: the two newest copies stay, and the best evaluation's if it is older
+    kept = {"step-24", "step-36", f"step-{summary['best']['step']}"}
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").glob("step-*")) == sorted(kept)
