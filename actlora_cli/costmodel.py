@@ -56,15 +56,14 @@ class CostModel:
 
     def step_seconds(self, layers: list[int], cached: bool = False) -> float:
         """One optimizer step of the plan; ``cached``: an epoch that replays the frozen prefix."""
-        lowest = min(layers)
-        seconds = self.lowest[lowest] + (len(layers) - 1) * self.adapter
-        return max(0.0, seconds - self.saved_by_cache(lowest)) if cached else seconds
+        return self.size_step(min(layers), len(layers), cached)
 
     def saved_by_cache(self, lowest: int) -> float:
         """A replayed step skips the layers below ``lowest`` (the embeddings still run)."""
         return max(0.0, self.prefix[lowest] - self.prefix[0])
 
     def size_step(self, lowest: int, size: int, cached: bool = False) -> float:
+        """One step of any plan of ``size`` layers whose lowest is ``lowest``: all the model looks at."""
         seconds = self.lowest[lowest] + (size - 1) * self.adapter
         return max(0.0, seconds - self.saved_by_cache(lowest)) if cached else seconds
 

@@ -140,8 +140,12 @@ def run_profile(cfg: Config, batches: int = 8, rounds: int = 3) -> dict[str, Any
     clock = _LayerClock(list(stack), ctx.device)
     timer = PhaseTimer(ctx.device)
     plans = [[m] for m in range(num_layers)] + [list(range(num_layers))]
-    micro = [[[to_device(collate(data, b[i :: t.grad_accum]), ctx.device) for i in range(t.grad_accum)]]
-             for b in chosen]  # fmt: skip
+
+    # per chosen batch, its grad_accum micro-batches, on the device before any clock starts
+    def on_device(b: list[int]) -> list[dict]:
+        return [to_device(collate(data, b[i :: t.grad_accum]), ctx.device) for i in range(t.grad_accum)]
+
+    micro = [on_device(b) for b in chosen]
     # [plan][round][batch] -> (seconds, phases ms, prefix seconds, peak MiB)
     samples: list[list[list[tuple]]] = [[] for _ in plans]
 
@@ -176,8 +180,8 @@ def run_profile(cfg: Config, batches: int = 8, rounds: int = 3) -> dict[str, Any
                 for p, plan in enumerate(plans):
                     switch.plan(plan)
                     if r == 0:
-                        step(plan, micro[0][0])  # warm-up: allocator, kernels, the optimizer's state
-                    samples[p].append([step(plan, mb[0]) for mb in micro])
+                        step(plan, micro[0])  # warm-up: allocator, kernels, the optimizer's state
+                    samples[p].append([step(plan, mb) for mb in micro])
                     advance(len(micro))
     finally:
         clock.close()
