@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import artifacts, ui
@@ -46,8 +47,15 @@ def study_stability(
             by_seed, out / f"stability_{scorer}.png", title=f"{scorer}: scores over {len(seeds)} seeds"
         )
         parts.append(f"### {scorer}\n\n" + stability.markdown(result, label=scorer))
-    md = "\n".join(parts)
     payload = {"seeds": seeds, "ks": ks, "results": results, **_context(cfg)}
+    if len(scorers) >= 2:  # do the scorers agree with each other? (their seed-averaged scores)
+        means = {s: [float(v) for v in np.mean(results[s]["scores_by_seed"], axis=0)] for s in scorers}
+        payload["scorer_agreement"] = {**agreement.scorer_agreement(means, ks), "mean_scores": means}
+        parts.append(
+            "### agreement between scorers (scores averaged over the seeds)\n\n"
+            + agreement.markdown(payload["scorer_agreement"], label="Scorer")
+        )
+    md = "\n".join(parts)
     report.write_study(out, "stability", payload, md)
     return payload
 

@@ -144,6 +144,20 @@ def test_task_agreement_constant_task_is_none_with_reason():
     _no_nan_json(json.dumps(result))
 
 
+def test_scorer_agreement_matrices_and_plans():
+    scores = {"activation_norm": [0.1, 0.9, 0.5, 1.0, 0.0], "cka": [0.0, 0.2, 1.0, 0.6, 0.4]}
+    result = agreement.scorer_agreement(scores, [1, 2])
+    expected = stats.spearmanr(scores["activation_norm"], scores["cka"]).statistic
+    assert result["spearman"]["activation_norm"]["cka"] == pytest.approx(expected, abs=1e-12)
+    # top-k by hand: activation 3 > 1 > 2; cka 2 > 3 > 4
+    assert result["plans"] == {
+        "1": {"activation_norm": [3], "cka": [2]},
+        "2": {"activation_norm": [1, 3], "cka": [2, 3]},
+    }
+    md = agreement.markdown(result, label="Scorer")
+    assert "| Scorer |" in md and "| 2 | 1, 3 | 2, 3 |" in md
+
+
 # ---- correlation with a reference (Table 11) ----
 
 

@@ -1,11 +1,14 @@
 """Is a scorer's layer importance task-dependent? (section 7.4 of the Act-LoRA paper): Spearman and Kendall
-tau-b rank correlations between the per-layer scores of every pair of tasks."""
+tau-b rank correlations between the per-layer scores of every pair of tasks. The same matrices compare
+scorers with each other (do activation norms, gradients and CKA rank the layers alike?), with the top-k
+plans each would choose."""
 
 from __future__ import annotations
 
 from itertools import combinations, combinations_with_replacement
 
 from ..errors import ActloraError, Problem
+from ..selection import select
 from .correlation import check_vectors, similarity
 from .report import format_value, markdown_table
 from .stability import summarise
@@ -13,17 +16,17 @@ from .stability import summarise
 RANK_MEASURES = ("spearman", "kendall")
 
 
-def task_agreement(scores_by_task: dict[str, list[float]]) -> dict:
-    """Task x task Spearman and Kendall matrices as {"spearman": {task: {task: value}}, "kendall": ...},
-    "mean_off_diagonal": {measure: mean} and "off_diagonal": {measure: mean, population std, n,
-    n_undefined}. A pair involving a task with constant scores is None, left out of the mean, and its reason
-    is listed in "undefined"."""
+def task_agreement(scores_by_task: dict[str, list[float]], what: str = "task") -> dict:
+    """Task x task (or scorer x scorer: ``what``) Spearman and Kendall matrices as {"spearman": {task:
+    {task: value}}, "kendall": ...}, "mean_off_diagonal": {measure: mean} and "off_diagonal": {measure:
+    mean, population std, n, n_undefined}. A pair involving a task with constant scores is None, left out
+    of the mean, and its reason is listed in "undefined"."""
     if len(scores_by_task) < 2:
         raise ActloraError(
-            Problem("scores_by_task", f"{len(scores_by_task)} task(s)", "give at least 2 tasks")
+            Problem(f"scores_by_{what}", f"{len(scores_by_task)} {what}(s)", f"give at least 2 {what}s")
         )
     tasks = list(scores_by_task)
-    arrays = check_vectors(scores_by_task, "score every task on the same model")
+    arrays = check_vectors(scores_by_task, f"score every {what} on the same model")
     result: dict = {"tasks": tasks, "n_layers": int(arrays[tasks[0]].size)}
     summaries, undefined = {}, set()
     for measure in RANK_MEASURES:
@@ -41,13 +44,27 @@ def task_agreement(scores_by_task: dict[str, list[float]]) -> dict:
     return result
 
 
-def markdown(result: dict) -> str:
-    """Each matrix as a table, titled with its mean off-diagonal value; undefined pairs explained last."""
+def scorer_agreement(scores_by_scorer: dict[str, list[float]], ks: list[int]) -> dict:
+    """Scorer x scorer rank agreement (as task_agreement) of one score vector per scorer, and each scorer's
+    top-k plan for every k ("plans": {k: {scorer: layers}}), chosen by selection.select as rank would."""
+    result = task_agreement(scores_by_scorer, what="scorer")
+    result["plans"] = {
+        str(k): {name: select(scores, k=k).layers for name, scores in scores_by_scorer.items()} for k in ks
+    }
+    return result
+
+
+def markdown(result: dict, label: str = "Task") -> str:
+    """Each matrix as a table, titled with its mean off-diagonal value; undefined pairs explained last (and
+    the plans, for a scorer comparison)."""
     tasks, parts = result["tasks"], []
     for measure in RANK_MEASURES:
         mean = format_value(result["mean_off_diagonal"][measure])
         rows = [[a, *result[measure][a].values()] for a in tasks]
-        table = markdown_table(["Task", *tasks], rows)
+        table = markdown_table([label, *tasks], rows)
         parts.append(f"{measure.capitalize()} (mean off-diagonal {mean})\n\n{table}")
+    if "plans" in result:
+        rows = [[k, *(", ".join(map(str, plan[n])) for n in tasks)] for k, plan in result["plans"].items()]
+        parts.append("Top-k plans\n\n" + markdown_table(["k", *tasks], rows))
     notes = "".join(f"- undefined: {reason}\n" for reason in result["undefined"])
     return "\n".join(parts) + ("\n" + notes if notes else "")
