@@ -684,6 +684,28 @@ def study_frontier_cmd(
             "prefix cache), to show the fast defaults' effect.",
         ),
     ] = True,
+    strategies: Annotated[
+        str,
+        typer.Option(
+            "--strategies",
+            help="Comma-separated plans to measure the guided one against (it and every layer always run).",
+        ),
+    ] = "budget,last,first,uniform,random",
+    eval_examples: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-examples",
+            min=1,
+            help="Evaluate on the first N validation examples (default: the whole split; a deep model on a "
+            "CPU needs fewer).",
+        ),
+    ] = None,
+    profile_batches: Annotated[
+        int, typer.Option("--profile-batches", min=1, help="Batches timed per plan by the cost profile.")
+    ] = 6,
+    profile_rounds: Annotated[
+        int, typer.Option("--profile-rounds", min=1, help="Rounds of the cost profile (medians over them).")
+    ] = 3,
     debug: DebugOpt = False,
 ) -> None:
     """Does guidance pay at equal cost? Per k, train the guided plan, the budget-selected plan, the last,
@@ -698,7 +720,19 @@ def study_frontier_cmd(
         from .frontier import run_frontier
 
         ks = None if k is None else _numbers(k, int, "--k")
-        run_frontier(cfg, out, ks, tuple(_numbers(seeds, int, "--seeds")), draws, budget, protocol_check)
+        run_frontier(
+            cfg,
+            out,
+            ks,
+            tuple(_numbers(seeds, int, "--seeds")),
+            draws,
+            budget,
+            protocol_check,
+            profile_batches,
+            profile_rounds,
+            tuple(s.strip() for s in strategies.split(",") if s.strip()),
+            eval_examples,
+        )
         render.study(out, "frontier")
 
 

@@ -3,9 +3,9 @@
 For each k it trains the guided plan (the probe's top-k), the budget-selected plan (the greatest total score
 within ``budget`` x LoRA-on-every-layer's predicted cost), the last, first and uniform k layers and N random
 draws, over seeds, plus every layer; each distinct layer set is trained once per seed, whatever number of
-strategies chose it. Every run is evaluated on the whole validation split and keeps its per-example
-predictions (``predictions.json``, written by train after its last step), so plans are compared on the same
-sentences:
+strategies chose it (--strategies narrows the field). Every run is evaluated on the whole validation split
+(or its first N examples) and keeps its per-example predictions (``predictions.json``, written by train
+after its last step), so plans are compared on the same sentences:
 
 - per k, guided - each other plan, paired over seeds and examples, with a bootstrap 95 % interval, and the
   guided plan's percentile among the random plans;
@@ -41,6 +41,8 @@ from .errors import ArtifactError, ConfigError, Problem
 from .selection import by_strategy
 
 PLAN_STRATEGIES = ("scores", "budget", "last", "first", "uniform", "random")
+# the plans the guided one is measured against (--strategies); the guided plan and every layer always run
+OTHER_STRATEGIES = ("budget", "last", "first", "uniform", "random")
 PROTOCOL = {"train.group_by_length": False, "train.prefix_cache": "off"}  # the paper's loop, for contrast
 
 
@@ -65,9 +67,16 @@ def _name(layers: tuple[int, ...]) -> str:
 
 
 def plan_table(
-    scores: list[float], model: CostModel, shape: RunShape, ks: list[int], draws: int, budget: float
+    scores: list[float],
+    model: CostModel,
+    shape: RunShape,
+    ks: list[int],
+    draws: int,
+    budget: float,
+    strategies: tuple[str, ...] = OTHER_STRATEGIES,
 ) -> dict[tuple[int, ...], list[dict[str, Any]]]:
-    """Distinct layer sets -> the (k, strategy, draw) labels that chose them. Every layer is always in."""
+    """Distinct layer sets -> the (k, strategy, draw) labels that chose them: the guided plan and each of
+    ``strategies`` per k. Every layer is always in."""
     n = len(scores)
     plans: dict[tuple[int, ...], list[dict[str, Any]]] = {}
 
@@ -79,12 +88,13 @@ def plan_table(
         if k >= n:
             continue
         add(by_strategy("scores", k, n, 0, scores).layers, k, "scores")
-        found = within_budget(model, scores, shape, budget * every, k)
+        found = within_budget(model, scores, shape, budget * every, k) if "budget" in strategies else None
         if found is not None:
             add(found[0], k, "budget")
         for strategy in ("last", "first", "uniform"):
-            add(by_strategy(strategy, k, n).layers, k, strategy)
-        for draw in range(draws):
+            if strategy in strategies:
+                add(by_strategy(strategy, k, n).layers, k, strategy)
+        for draw in range(draws if "random" in strategies else 0):
             add(by_strategy("random", k, n, draw).layers, k, "random", draw)
     add(range(n), n, "all")
     return plans
@@ -100,7 +110,11 @@ def run_frontier(
     protocol_check: bool = True,
     profile_batches: int = 6,
     profile_rounds: int = 3,
+    strategies: tuple[str, ...] = OTHER_STRATEGIES,
+    eval_examples: int | None = None,
 ) -> dict[str, Any]:
+    """``eval_examples``: the first N validation examples (default: the whole split, for the tightest
+    intervals; a deep model on a CPU cannot afford it)."""
     from .data import task_spec
     from .probe import run_probe
     from .profile import run_profile
@@ -111,7 +125,12 @@ def run_frontier(
         raise ConfigError(
             [Problem("task.name", f"{spec.name} is a regression task", "the frontier compares accuracy")]
         )
-    base = cfg.with_overrides({"task.max_eval_examples": CLEAR}) if cfg.task.max_eval_examples else cfg
+    unknown = sorted(set(strategies) - set(OTHER_STRATEGIES))
+    if unknown:
+        raise ConfigError(
+            [Problem("--strategies", f"unknown {unknown}", f"choose from {', '.join(OTHER_STRATEGIES)}")]
+        )
+    base = cfg.with_overrides({"task.max_eval_examples": eval_examples if eval_examples else CLEAR})
     probe_cfg = base.with_overrides({"output_dir": str(out / "probe")})
     scores_doc = _made_from(probe_cfg.run_dir / "scores.json", "scores", probe_cfg)
     if scores_doc is None:
@@ -128,7 +147,7 @@ def run_frontier(
         raise ConfigError([Problem("--k", f"k={bad} but the model has {n} layers", f"choose k in 1..{n}")])
     model = CostModel.from_doc(costs_doc)
     shape = _shape(base, costs_doc)
-    plans = plan_table(scores, model, shape, ks, draws, budget)
+    plans = plan_table(scores, model, shape, ks, draws, budget, strategies)
 
     focus_k = base.rank.k if isinstance(base.rank.k, int) and base.rank.k < n else min(3, n - 1)
     guided_focus = tuple(by_strategy("scores", focus_k, n, 0, scores).layers)
@@ -153,6 +172,9 @@ def run_frontier(
         "draws": draws,
         "budget": budget,
         "protocol_check": protocol_check,
+        "strategies": list(strategies),
+        "eval_examples": eval_examples,
+        "profile": {"batches": profile_batches, "rounds": profile_rounds},
     }
     payload["provenance"] = artifacts.provenance(base.hash())
     md = markdown(payload)
@@ -390,10 +412,15 @@ def _ci(d: dict[str, Any]) -> str:
 
 
 def markdown(p: dict[str, Any]) -> str:
+    split = (
+        "the first examples of the validation split"
+        if p["command"].get("eval_examples")
+        else ("the whole validation split")
+    )
     lines = [
         f"# Frontier: {p['model']['name']} on {p['task']['name']}",
         "",
-        f"Accuracy on the whole validation split ({p['validation_examples']} examples), mean over seeds "
+        f"Accuracy on {split} ({p['validation_examples']} examples), mean over seeds "
         f"{p['command']['seeds']}; device-hours = timed forward + backward + optimizer phases (training), "
         "plus what arriving at the plan cost by its cheapest route: nothing for a plan by position, the "
         f"probe ({3600 * p['probe_device_hours']:.1f} s) for the guided plan, and the profile too "

@@ -59,6 +59,20 @@ def test_plan_table_deduplicates_and_labels():
     assert (
         sum(len(v) for v in plans.values()) == 3 + 1 + 2 + 1 + 1
     )  # guided, budget, last/first/uniform, 2 draws, all
+    # --strategies last: the guided plan, the last 3 and every layer, nothing else
+    narrow = plan_table(scores, model, RunShape(10, 5, False), [3], draws=2, budget=0.5, strategies=("last",))
+    assert {layers: [x["strategy"] for x in labels] for layers, labels in narrow.items()} == {
+        guided: ["scores"],
+        (3, 4, 5): ["last"],
+        tuple(range(6)): ["all"],
+    }
+
+
+def test_frontier_refuses_an_unknown_strategy(tmp_path):
+    from actlora_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--strategies"):
+        run_frontier(Config(), tmp_path, strategies=("last", "best"))
 
 
 def test_frontier_end_to_end(tmp_path, six_layer_bert, tiny_task):
