@@ -1,5 +1,5 @@
-"""packaged:SmolLM2-135M, the realistic depth (30 layers), offline from a fresh install: the GGUF conversion is
-lossless, and probe, rank, train and eval run on it through the CLI. Slow: the conversion reads 98 MB of
+"""packaged:SmolLM2-135M, the realistic depth (30 layers), offline from a fresh install: the GGUF conversion
+is lossless, and probe, rank, train and eval run on it through the CLI. Slow: the conversion reads 98 MB of
 Q4_1 tensors once (about half a minute), and each step runs 30 layers on the CPU."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SENTENCES = ["A quiet, moving film.", "The plot makes no sense at all and the ac
 
 
 def test_converted_folder_equals_the_gguf_file():
-    """The folder the cache holds gives the same hidden states as transformers reading the GGUF file itself."""
+    """The cached folder gives the same hidden states as transformers reading the GGUF file itself."""
     from transformers import AutoModel, AutoTokenizer
 
     folder = packaged.resolve(KEY)
@@ -53,13 +53,16 @@ def test_loads_as_a_30_layer_llama_classifier():
     model = load_model(cfg, 2, torch.device("cpu"), pad_token_id=tok.pad_token_id)
     arch = locate(model)
     assert (arch.model_type, arch.num_layers, arch.hidden_size, arch.is_decoder) == ("llama", 30, 576, True)
-    assert sum(p.numel() for p in model.parameters()) == 134_515_008 + 576 * 2  # the base and a new 2-way head
+    base, head = 134_515_008, 576 * 2  # the base model and a new two-way score head (no bias)
+    assert sum(p.numel() for p in model.parameters()) == base + head
 
 
 def test_probe_rank_train_eval_offline(tmp_path):
     cfg, out = "configs/smollm2_135m_movies.yaml", str(tmp_path / "run")
     small = ["--set", "task.max_train_examples=16", "--set", "task.max_eval_examples=16"]
-    result, text = _invoke("probe", "-c", cfg, "-o", out, "--steps", "2", "--set", "probe.batch_size=4", *small)
+    result, text = _invoke(
+        "probe", "-c", cfg, "-o", out, "--steps", "2", "--set", "probe.batch_size=4", *small
+    )
     assert result.exit_code == 0, text
     scores = json.loads((tmp_path / "run" / "scores.json").read_text())
     assert scores["model"] == {
