@@ -272,3 +272,27 @@ def _plural(expected: Any) -> str:
 def _shown(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def resolved_config(folder: Path):
+    """The Config a run folder was made with (its config.resolved.yaml), read with today's schema."""
+    import yaml
+
+    from .config import Config
+
+    return Config.model_validate(yaml.safe_load((folder / "config.resolved.yaml").read_text()))
+
+
+def made_from(path: Path, kind: str, cfg) -> dict[str, Any] | None:
+    """The ``kind`` artefact at ``path`` when the folder's config.resolved.yaml, read with today's schema
+    (a setting added since takes its default), equals ``cfg`` (the output folder aside); else None. What lets
+    a study or the frontier reuse the probes and runs an interrupted invocation already made."""
+    import yaml
+
+    try:
+        doc = read_artifact(path, kind)
+        made = resolved_config(path.parent)
+    except (ArtifactError, OSError, ValueError, yaml.YAMLError):
+        return None
+    same = {**made.to_dict(), "output_dir": None} == {**cfg.to_dict(), "output_dir": None}
+    return doc if same else None

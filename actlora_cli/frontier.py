@@ -46,22 +46,6 @@ OTHER_STRATEGIES = ("budget", "last", "first", "uniform", "random")
 PROTOCOL = {"train.group_by_length": False, "train.prefix_cache": "off"}  # the paper's loop, for contrast
 
 
-def _made_from(path: Path, kind: str, cfg: Config) -> dict[str, Any] | None:
-    """The ``kind`` artefact at ``path`` when the folder's config.resolved.yaml, read with today's schema
-    (a setting added since takes its default), equals ``cfg`` (the output folder aside); else None."""
-    try:
-        doc = artifacts.read_artifact(path, kind)
-        made = _resolved(path.parent)
-    except (ArtifactError, OSError, ValueError, yaml.YAMLError):
-        return None
-    same = {**made.to_dict(), "output_dir": None} == {**cfg.to_dict(), "output_dir": None}
-    return doc if same else None
-
-
-def _resolved(folder: Path) -> Config:
-    return Config.model_validate(yaml.safe_load((folder / "config.resolved.yaml").read_text()))
-
-
 def _name(layers: tuple[int, ...]) -> str:
     return "L" + "-".join(map(str, layers))
 
@@ -132,11 +116,11 @@ def run_frontier(
         )
     base = cfg.with_overrides({"task.max_eval_examples": eval_examples if eval_examples else CLEAR})
     probe_cfg = base.with_overrides({"output_dir": str(out / "probe")})
-    scores_doc = _made_from(probe_cfg.run_dir / "scores.json", "scores", probe_cfg)
+    scores_doc = artifacts.made_from(probe_cfg.run_dir / "scores.json", "scores", probe_cfg)
     if scores_doc is None:
         ui.note(f"frontier: probe -> {probe_cfg.run_dir}")
         scores_doc = run_probe(probe_cfg)
-    costs_doc = _made_from(probe_cfg.run_dir / "costs.json", "costs", probe_cfg)
+    costs_doc = artifacts.made_from(probe_cfg.run_dir / "costs.json", "costs", probe_cfg)
     if costs_doc is None:
         ui.note(f"frontier: profile -> {probe_cfg.run_dir}")
         costs_doc = run_profile(probe_cfg, batches=profile_batches, rounds=profile_rounds)
@@ -237,7 +221,7 @@ def _trained_alike(cfg: Config) -> dict[str, Any] | None:
 
     try:
         summary = artifacts.read_artifact(cfg.run_dir / "train_summary.json", "train_summary")
-        made = _resolved(cfg.run_dir)
+        made = artifacts.resolved_config(cfg.run_dir)
     except (ArtifactError, OSError, ValueError, yaml.YAMLError):
         return None
     return summary if training_settings(made) == training_settings(cfg) else None

@@ -25,9 +25,15 @@ from .selection import select
 
 def probe_scores(cfg: Config, out: Path, name: str, seed: int) -> dict[str, Any]:
     """One probe into ``out/scores/<name>``; the head (new, random) is seeded too, which gradient-based
-    scorers see: that is part of their seed dependence."""
+    scorers see: that is part of their seed dependence. A probe an interrupted study already made there from
+    the same config is reused, so running the study again resumes it."""
+    probe_cfg = cfg.with_overrides({"output_dir": str(out / "scores" / name), "probe.seed": seed})
+    done = artifacts.made_from(probe_cfg.run_dir / "scores.json", "scores", probe_cfg)
+    if done is not None:
+        ui.note(f"reusing {probe_cfg.run_dir / 'scores.json'} (made from the same config)")
+        return done
     torch.manual_seed(seed)
-    return run_probe(cfg.with_overrides({"output_dir": str(out / "scores" / name), "probe.seed": seed}))
+    return run_probe(probe_cfg)
 
 
 def study_stability(

@@ -67,6 +67,31 @@ def test_stability_over_seeds(setup):
         assert res["kendall_tau"]["n"] == 3  # 3 seed pairs, all defined
         assert set(res["jaccard"]) == {"1", "2"}
         assert (out / f"stability_{scorer}.png").stat().st_size > 0
+    # the scorers against each other: the seed-averaged scores, as the matrix's inputs
+    agree = payload["scorer_agreement"]
+    assert agree["tasks"] == ["activation_norm", "grad_norm"] and set(agree["plans"]) == {"1", "2"}
+    mean0 = [sum(v) / 3 for v in zip(*payload["results"]["activation_norm"]["scores_by_seed"], strict=True)]
+    assert agree["mean_scores"]["activation_norm"] == pytest.approx(mean0)
+
+
+def test_a_study_run_again_reuses_its_probes(setup, monkeypatch):
+    """An interrupted study resumes: probes already made from the same config are read back, not rerun; a
+    changed setting probes again."""
+    import actlora_cli.studies as studies
+
+    root, cfg = setup
+    out = root / "resume"
+    args = ("study", "stability", "-c", cfg, "--scorers", "activation_norm", "--seeds", 2, "--ks", "1")
+    _run(*args, "--out", out)
+    first = _study(out, "stability")["result"]["results"]["activation_norm"]["scores_by_seed"]
+    calls = []
+    real = studies.run_probe
+    monkeypatch.setattr(studies, "run_probe", lambda c: calls.append(c) or real(c))
+    _run(*args, "--out", out)
+    assert calls == []
+    assert _study(out, "stability")["result"]["results"]["activation_norm"]["scores_by_seed"] == first
+    _run(*args, "--out", out, "--set", "probe.steps=1")
+    assert len(calls) == 2
 
 
 def test_thresholds_and_plots(setup):
