@@ -155,9 +155,8 @@ def run_frontier(
         "protocol_check": protocol_check,
     }
     payload["provenance"] = artifacts.provenance(base.hash())
-    md = markdown(payload)
     plot(payload, out / "frontier.png")
-    report.write_study(out, "frontier", payload, md)
+    report.write_study(out, "frontier", payload, markdown(payload, out))
     return payload
 
 
@@ -389,7 +388,9 @@ def _ci(d: dict[str, Any]) -> str:
     return f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
-def markdown(p: dict[str, Any]) -> str:
+def markdown(p: dict[str, Any], folder: Path) -> str:
+    """The frontier's report: every plan, per k, per cost bucket, the protocol check, and the chart (when
+    ``folder`` holds it)."""
     lines = [
         f"# Frontier: {p['model']['name']} on {p['task']['name']}",
         "",
@@ -507,9 +508,8 @@ def markdown(p: dict[str, Any]) -> str:
         f"Other processes' CPU share during the runs: median {h['others_cpu_share_median']:.2f}, largest "
         f"{h['others_cpu_share_max']:.2f}.",
         "",
-        "![metric against device-hours](frontier.png)",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + report.image(folder, "frontier.png", "metric against device-hours")
 
 
 def plot(p: dict[str, Any], path: Path) -> Path:
