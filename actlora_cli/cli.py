@@ -495,6 +495,20 @@ def compare(
         render.comparison(report, text)
 
 
+@app.command(short_help="Write a folder's study and comparison reports (.md, .html) again from their JSON.")
+def report(
+    folder: Annotated[Path, typer.Argument(help="A study's --out folder, or the folder of a compare --out.")],
+    debug: DebugOpt = False,
+) -> None:
+    """Write the Markdown (charts linked) and the self-contained HTML page of every study and comparison in
+    FOLDER again from their JSON: nothing is probed, trained or plotted again."""
+    with _handled(debug):
+        from .studies import render_reports
+
+        for path in render_reports(folder):
+            ui.note(f"-> {path}")
+
+
 @app.command(short_help="Metric drop with each layer's adapters switched off -> <run>/ablation.json.")
 def ablate(
     config: ConfigOpt = None,

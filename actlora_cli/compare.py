@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from . import artifacts
-from .analysis.report import markdown_table
+from .analysis.report import image, markdown_table
 from .errors import ActloraError, ArtifactError, Problem
 from .metrics import task_score
 
@@ -513,9 +513,14 @@ MARKDOWN_NAMES = {
 }
 
 
+# a figure a comparison written by an earlier actlora does not hold (read as n/a: the keys added since schema
+# version 1 are read with a default, as artifacts.SCHEMAS says)
+UNMEASURED: dict[str, float | None] = {"mean": None, "std": None}
+
+
 def _others(values: dict[str, dict[str, float | None]]) -> str:
     """'eval / ckpt / load / data' seconds, the group's means (n/a for summaries without the cost)."""
-    means = [values[f"{part}_seconds"]["mean"] for part in OTHER_COSTS]
+    means = [values.get(f"{part}_seconds", UNMEASURED)["mean"] for part in OTHER_COSTS]
     return " / ".join("n/a" if m is None else _number(m, ".1f") for m in means)
 
 
@@ -541,7 +546,7 @@ def markdown(report: dict[str, Any]) -> str:
             g["n"],
             g["metric_name"],
             _mean_pm_std(g["values"]["metric"], ".4f", g["n"]),
-            *(_mean_pm_std(g[where][key], spec, g["n"]) for key, spec, where in columns),
+            *(_mean_pm_std(g[where].get(key, UNMEASURED), spec, g["n"]) for key, spec, where in columns),
             _others(g["values"]),
         ]
         for g in groups
@@ -553,10 +558,10 @@ def markdown(report: dict[str, Any]) -> str:
             _text(r["seed"]),
             _number(r["metric"], ".4f"),
             _number(r["device_hours"], ".3g"),
-            _cell(r["probe_seconds"], ".1f"),
-            _cell(r["device_hours_with_probe"], ".3g"),
-            _cell(r["device_hours_amortised"], ".3g"),
-            _cell(r["others_cpu_share"], ".2f"),
+            _cell(r.get("probe_seconds"), ".1f"),
+            _cell(r.get("device_hours_with_probe"), ".3g"),
+            _cell(r.get("device_hours_amortised"), ".3g"),
+            _cell(r.get("others_cpu_share"), ".2f"),
         ]
         for r in report["rows"]
     ]
@@ -565,9 +570,9 @@ def markdown(report: dict[str, Any]) -> str:
         "(a group of one seed shows its value alone); "
         "changes compare each run with the baseline group's mean.\n"
     )
-    warnings = [f"- **Warning:** {w}" for w in report["warnings"]]
-    notes = ["Definitions:"]
-    notes += [f"- {MARKDOWN_NAMES[key]}: {text}." for key, text in report["definitions"].items()]
+    warnings = [f"- **Warning:** {w}" for w in report.get("warnings", [])]
+    definitions = report.get("definitions", {})  # none in a comparison from before the cost columns
+    notes = [f"- {MARKDOWN_NAMES[key]}: {text}." for key, text in definitions.items()]
     run_headers = ["run", "group", "seed", "value", "device-h", "probe s", "incl. probe", "amortised"]
     runs_table = markdown_table([*run_headers, "others' CPU"], runs)
     parts = [intro, markdown_table(headers, table)]
@@ -584,7 +589,9 @@ def markdown(report: dict[str, Any]) -> str:
             "GLUE average: per task the mean of its metrics (and of MNLI's two splits), mean over seeds; "
             "then the unweighted mean over tasks.\n\n" + markdown_table(["setting", *tasks, "average"], rows)
         )
-    return "\n".join([*parts, "\n".join(notes) + "\n", runs_table])
+    if notes:
+        parts.append("\n".join(["Definitions:", *notes]) + "\n")
+    return "\n".join([*parts, runs_table])
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
@@ -618,7 +625,20 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
             out.with_name(f"{out.stem}_step_time.png"),
         ),
     ]
-    md = out.with_suffix(".md")
-    artifacts.atomic_write_text(md, markdown(report))
+    pages = write_pages(report, out)
     artifacts.write_artifact(out, "comparison", report)
-    return [out, md, *written]
+    return [out, *pages, *written]
+
+
+def write_pages(report: dict[str, Any], out: Path) -> list[Path]:
+    """The report's Markdown beside ``out`` (its charts linked where they exist) and its HTML page."""
+    from . import html_report
+
+    md = out.with_suffix(".md")
+    text = (
+        markdown(report)
+        + image(out.parent, f"{out.stem}_metric_vs_params.png", "metric against trainable parameters")
+        + image(out.parent, f"{out.stem}_step_time.png", "step time by phase")
+    )
+    artifacts.atomic_write_text(md, text)
+    return [md, html_report.write(md, text, f"comparison: {report['baseline_group']} as baseline")]

@@ -121,6 +121,15 @@ class TaskSection(Section):
     files: dict[str, str] | None = Field(
         None, description="custom task: split name -> file (.tsv, .csv, .jsonl/.json, .parquet)."
     )
+    dataset: str | None = Field(
+        None,
+        description="custom task, instead of task.files: a datasets hub id (user/name) or a local folder of "
+        "data files, loaded with datasets.load_dataset; its splits are task.train_split and task.eval_split "
+        "(default: validation).",
+    )
+    dataset_config: str | None = Field(
+        None, description="custom task with task.dataset: the dataset's configuration (subset) name."
+    )
     text_fields: list[str] | None = Field(None, description="custom task: one or two text columns.")
     label_field: str | None = Field(None, description="custom task: the label column.")
     num_labels: int | None = Field(None, ge=1, description="custom task: classes, or 1 for regression.")
@@ -167,14 +176,18 @@ class TaskSection(Section):
     @model_validator(mode="after")
     def _custom_needs_columns(self) -> TaskSection:
         if self.name == "custom":
-            need = [
-                k for k in ("files", "text_fields", "label_field", "num_labels") if getattr(self, k) is None
-            ]
+            need = [k for k in ("text_fields", "label_field", "num_labels") if getattr(self, k) is None]
+            if self.files is None and self.dataset is None:
+                need.insert(0, "files")
             if need:
                 raise Invalid(
                     f"a custom task needs task.{', task.'.join(need)}",
-                    "e.g. files: {train: train.csv, validation: dev.csv}, text_fields: [text], "
-                    "label_field: label, num_labels: 2",
+                    "e.g. files: {train: train.csv, validation: dev.csv} (or dataset: user/name), "
+                    "text_fields: [text], label_field: label, num_labels: 2",
+                )
+            if self.files is not None and self.dataset is not None:
+                raise Invalid(
+                    "task.files and task.dataset both given", "keep one: local files, or a datasets id"
                 )
             if not 1 <= len(self.text_fields or []) <= 2:
                 raise Invalid(

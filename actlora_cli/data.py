@@ -1,11 +1,12 @@
-"""Tasks and batches: the GLUE table, local files, the packaged sentiment tasks, tokenisation once up front,
-and dynamic-padding batches (optionally grouped by length) that shard cleanly across DDP ranks."""
+"""Tasks and batches: the GLUE table, local files, the packaged sentiment tasks, custom tasks (local files or
+a ``datasets`` id, labels as ids or names), tokenisation once up front, and dynamic-padding batches
+(optionally grouped by length) that shard cleanly across DDP ranks."""
 
 from __future__ import annotations
 
 import csv
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def task_spec(cfg: TaskSection) -> TaskSpec:
     if cfg.name in PACKAGED_TASKS:
         return PACKAGED_TASKS[cfg.name]
     if cfg.name == "custom":
-        assert cfg.text_fields and cfg.label_field and cfg.num_labels and cfg.files
+        assert cfg.text_fields and cfg.label_field and cfg.num_labels and (cfg.files or cfg.dataset)
         metrics = (
             ("pearson", "spearman")
             if cfg.num_labels == 1
@@ -133,10 +134,14 @@ def task_spec(cfg: TaskSection) -> TaskSpec:
             if cfg.num_labels == 2
             else ("accuracy",)
         )
-        evals = tuple(s for s in cfg.files if s != cfg.train_split) or (cfg.train_split,)
-        return TaskSpec(
+        if cfg.files is not None:
+            evals = tuple(s for s in cfg.files if s != cfg.train_split) or (cfg.train_split,)
+        else:
+            evals = ("validation",)
+        spec = TaskSpec(
             "custom", "custom", tuple(cfg.text_fields), cfg.label_field, cfg.num_labels, metrics, evals
         )
+        return spec if spec.is_regression else replace(spec, label_names=custom_label_names(cfg, spec))
     known = sorted(GLUE_TASKS) + sorted(PACKAGED_TASKS) + ["custom"]
     import difflib
 
@@ -152,6 +157,61 @@ def task_spec(cfg: TaskSection) -> TaskSpec:
 
 def eval_splits(cfg: TaskSection, spec: TaskSpec) -> tuple[str, ...]:
     return (cfg.eval_split,) if cfg.eval_split else spec.eval_splits
+
+
+def custom_label_names(cfg: TaskSection, spec: TaskSpec) -> tuple[str, ...] | None:
+    """A custom classification task's class names, index = class id: the names a ``datasets`` ClassLabel
+    declares, in its order; for string labels, the training split's distinct labels, sorted (the same ids
+    on every run and machine); None when every training label is a number (the class ids as given). Every
+    evaluated split's labels must occur in training: a class the model never saw has no id."""
+    frame, train_where, declared = _custom_table(cfg, spec, cfg.train_split)
+    _check_columns(frame, spec, train_where)
+    values = frame[spec.label_field].tolist()
+    if declared is None and all(map(_is_number, values)):
+        return None
+    names = declared or tuple(sorted({str(v) for v in values}))
+    if len(names) != spec.num_labels:
+        found = f"{len(names)} distinct label{'s' if len(names) > 1 else ''}"
+        raise DataError(
+            Problem(
+                "task.num_labels",
+                f"{spec.num_labels}, but {train_where} holds {found}: {_shown(names)}",
+                f"set task.num_labels: {len(names)}"
+                if len(names) > 1
+                else "a classifier needs two or more classes: check task.label_field",
+            )
+        )
+    for split in eval_splits(cfg, spec):
+        if split != cfg.train_split:
+            frame, where, _ = _custom_table(cfg, spec, split)
+            _check_columns(frame, spec, where)
+            _check_known(frame[spec.label_field].tolist(), names, where)
+    return names
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _shown(names: tuple[str, ...]) -> str:
+    return ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+
+
+def _check_known(values: list, names: tuple[str, ...], where: str) -> None:
+    unknown = sorted({str(v) for v in values} - set(names))
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise DataError(
+            Problem(
+                where,
+                f"label {unknown[0]!r}{more} does not occur in the training split",
+                f"the training labels are {_shown(names)}: correct the label, or add training examples of it",
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -210,8 +270,7 @@ def _is_json_lines(path: Path) -> bool:
         return not handle.read(1).lstrip().startswith("[")
 
 
-def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
-    frame = frame.rename(columns=spec.tsv_rename)
+def _check_columns(frame, spec: TaskSpec, where: str) -> None:
     missing = [c for c in (*spec.text_fields, spec.label_field) if c not in frame.columns]
     if missing:
         raise DataError(
@@ -221,6 +280,11 @@ def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
                 f"columns present: {', '.join(map(str, frame.columns))}",
             )
         )
+
+
+def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
+    frame = frame.rename(columns=spec.tsv_rename)
+    _check_columns(frame, spec, where)
     labels_raw = frame[spec.label_field].tolist()
     if spec.is_regression:
         try:
@@ -229,6 +293,11 @@ def _frame_to_examples(frame, spec: TaskSpec, where: str) -> Examples:
             raise DataError(
                 Problem(where, f"non-numeric regression target ({exc})", "the label column must hold numbers")
             ) from None
+    elif spec.source == "custom" and spec.label_names is not None:
+        # a custom task's names are exactly its classes: a number among them is a name, never an id
+        _check_known(labels_raw, spec.label_names, where)
+        index = {name: i for i, name in enumerate(spec.label_names)}
+        labels = [index[str(x)] for x in labels_raw]
     elif spec.label_names is not None:
         index = {name: i for i, name in enumerate(spec.label_names)}
         unknown = sorted(
@@ -292,13 +361,8 @@ def load_examples(cfg: TaskSection, spec: TaskSpec, split: str) -> Examples:
 def _read_split(cfg: TaskSection, spec: TaskSpec, split: str) -> tuple[Examples, str]:
     """Every example of ``split``, and where they were read from."""
     if spec.source == "custom":
-        assert cfg.files is not None
-        if split not in cfg.files:
-            raise DataError(
-                Problem("task.files", f"no file for split '{split}'", f"splits given: {', '.join(cfg.files)}")
-            )
-        path = Path(cfg.files[split]).expanduser()
-        return _frame_to_examples(read_table(path), spec, str(path)), str(path)
+        frame, where, _ = _custom_table(cfg, spec, split)
+        return _frame_to_examples(frame, spec, where), where
     if spec.source == "packaged":
         domain = spec.name.removesuffix("-rating")
         where = str(sentiment_data.cache_dir(cfg.data_dir) / domain / f"{split}.jsonl")
@@ -324,6 +388,43 @@ def _read_split(cfg: TaskSection, spec: TaskSpec, split: str) -> tuple[Examples,
         frame = read_table(path, header=spec.tsv_header, columns=spec.tsv_columns)
         return _frame_to_examples(frame, spec, str(path)), str(path)
     return _load_hub(spec, split), f"{HUB_GLUE}/{spec.name}/{split}"
+
+
+def _custom_table(cfg: TaskSection, spec: TaskSpec, split: str) -> tuple[Any, str, tuple[str, ...] | None]:
+    """A custom task's split as a DataFrame, where it was read from, and the class names its source
+    declares (a ``datasets`` ClassLabel; its ids are then given as those names)."""
+    if cfg.files is not None:
+        if split not in cfg.files:
+            raise DataError(
+                Problem("task.files", f"no file for split '{split}'", f"splits given: {', '.join(cfg.files)}")
+            )
+        path = Path(cfg.files[split]).expanduser()
+        return read_table(path), str(path), None
+    assert cfg.dataset is not None
+    where = f"{cfg.dataset}{'' if cfg.dataset_config is None else f' ({cfg.dataset_config})'}, split {split}"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=split)
+    except Exception as exc:  # noqa: BLE001 (offline: ConnectionError; unknown split or config: ValueError; ...)
+        raise DataError(
+            Problem(
+                "task.dataset",
+                f"cannot load {where} ({type(exc).__name__}: {str(exc)[:200]})",
+                "check task.dataset, task.dataset_config and the split (task.train_split, task.eval_split); "
+                "offline, give task.dataset a local folder of data files (train.csv, validation.csv, ...) or "
+                "use task.files",
+            )
+        ) from None
+    frame = ds.to_pandas()
+    feature = ds.features.get(spec.label_field)
+    if not isinstance(feature, datasets.ClassLabel):
+        return frame, where, None
+    names = tuple(feature.names)
+    # ids as names, so that every source reaches the model through the one name -> id map (-1, an unlabelled
+    # example, stays "-1" and is refused as a label training never saw)
+    frame[spec.label_field] = [names[i] if 0 <= i < len(names) else str(i) for i in frame[spec.label_field]]
+    return frame, where, names
 
 
 def _load_hub(spec: TaskSpec, split: str) -> Examples:

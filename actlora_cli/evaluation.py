@@ -24,7 +24,7 @@ from .checkpoints import last_checkpoint
 from .config import Config, read_utf8
 from .data import Encoded, TaskSpec, batch_indices, collate, encoded_split, eval_splits, shard, task_spec
 from .distributed import Dist, setup
-from .errors import ArtifactError, Problem
+from .errors import ArtifactError, DataError, Problem
 from .modeling import autocast_context, autocast_settings, load_for
 
 
@@ -164,6 +164,31 @@ def load_trained(cfg: Config, num_labels: int, ctx: Dist):
     return loaded, model
 
 
+def id2label(spec: TaskSpec) -> dict[str, str] | None:
+    """The task's class names by id, as artefacts record them (None: the classes are the ids)."""
+    return None if spec.label_names is None else {str(i): n for i, n in enumerate(spec.label_names)}
+
+
+def check_labels(cfg: Config, spec: TaskSpec) -> None:
+    """The class names the adapter was trained with (its actlora.json) against the task's names now: a
+    custom task's names come from its training split, and a training file whose labels changed since would
+    silently rename the model's outputs."""
+    path = cfg.run_dir / "adapter" / "actlora.json"
+    if spec.label_names is None or cfg.lora.method == "full" or not path.is_file():
+        return
+    trained = json.loads(read_utf8(path)).get("id2label")
+    now = id2label(spec)
+    if trained is not None and trained != now:
+        raise DataError(
+            Problem(
+                "task",
+                f"the adapter in {path.parent} was trained with the labels {trained}; the task's training "
+                f"split now gives {now}",
+                "evaluate with the data it was trained on, or train again (`actlora train --overwrite`)",
+            )
+        )
+
+
 def check_weights(cfg: Config, weights: Path) -> None:
     """Every JSON and safetensors file of the trained weights reads back, and an adapter config is a peft
     config; otherwise an ArtifactError naming the damaged file (peft and transformers would raise a
@@ -206,6 +231,7 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
     """Metrics on the evaluation split(s), then latency/throughput unmerged and merged; writes eval.json."""
     ctx = setup()
     spec = task_spec(cfg.task)
+    check_labels(cfg, spec)
     loaded, model = load_trained(cfg, spec.num_labels, ctx)
     # which weights were measured: compare refuses an eval.json whose weights are not the run's current ones
     weights_hash = artifacts.folder_hash(cfg.run_dir / ("model" if cfg.lora.method == "full" else "adapter"))
@@ -254,7 +280,11 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
             advance()
     doc = {
         "model": loaded.arch.identity(cfg.model.name),
-        "task": {"name": spec.name, "splits": {s: len(d) for s, d in data.items()}},
+        "task": {
+            "name": spec.name,
+            "splits": {s: len(d) for s, d in data.items()},
+            "id2label": id2label(spec),
+        },
         "metrics": results,
         "timing": timing,
         "batch_size": cfg.train.eval_batch_size,

@@ -161,9 +161,8 @@ def run_frontier(
         "profile": {"batches": profile_batches, "rounds": profile_rounds},
     }
     payload["provenance"] = artifacts.provenance(base.hash())
-    md = markdown(payload)
     plot(payload, out / "frontier.png")
-    report.write_study(out, "frontier", payload, md)
+    report.write_study(out, "frontier", payload, markdown(payload, out))
     return payload
 
 
@@ -395,11 +394,13 @@ def _ci(d: dict[str, Any]) -> str:
     return f"{100 * d['difference']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
-def markdown(p: dict[str, Any]) -> str:
+def markdown(p: dict[str, Any], folder: Path) -> str:
+    """The frontier's report: every plan, per k, per cost bucket, the protocol check, and the chart (when
+    ``folder`` holds it)."""
     split = (
         "the first examples of the validation split"
         if p["command"].get("eval_examples")
-        else ("the whole validation split")
+        else "the whole validation split"
     )
     lines = [
         f"# Frontier: {p['model']['name']} on {p['task']['name']}",
@@ -518,9 +519,8 @@ def markdown(p: dict[str, Any]) -> str:
         f"Other processes' CPU share during the runs: median {h['others_cpu_share_median']:.2f}, largest "
         f"{h['others_cpu_share_max']:.2f}.",
         "",
-        "![metric against device-hours](frontier.png)",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + report.image(folder, "frontier.png", "metric against device-hours")
 
 
 def plot(p: dict[str, Any], path: Path) -> Path:

@@ -31,11 +31,14 @@ def portable_base(name: str) -> str:
 
 
 def label_record(num_labels: int, label_names: tuple[str, ...] | None) -> dict[str, Any]:
+    """actlora.json's labels: what transformers' config takes to build the head and name its outputs."""
     names = list(label_names) if label_names else [f"LABEL_{i}" for i in range(max(num_labels, 1))]
+    classes = num_labels > 1
     return {
         "num_labels": num_labels,
-        "problem_type": "regression" if num_labels == 1 else "single_label_classification",
-        "id2label": {str(i): n for i, n in enumerate(names)} if num_labels > 1 else None,
+        "problem_type": "single_label_classification" if classes else "regression",
+        "id2label": {str(i): n for i, n in enumerate(names)} if classes else None,
+        "label2id": {n: i for i, n in enumerate(names)} if classes else None,
     }
 
 
@@ -73,6 +76,10 @@ def card(record: dict[str, Any], metrics: dict[str, dict[str, float]], trainable
     load_args = f"num_labels={record['num_labels']}, ignore_mismatched_sizes=True"
     if record["problem_type"] == "regression":
         load_args += ', problem_type="regression"'
+    elif record.get("label2id") and list(record["label2id"]) != [f"LABEL_{i}" for i in record["id2label"]]:
+        # the names the task gave its classes (transformers would call them LABEL_0, LABEL_1, ...)
+        id2label = {int(i): n for i, n in record["id2label"].items()}
+        load_args += f", id2label={id2label!r}, label2id={record['label2id']!r}"
     command = " ".join(shlex.quote(a) for a in ["actlora", *sys.argv[1:]]) if sys.argv else "actlora"
     ranking = plan.get("ranking")
     note = base_note(record["model_name"])
@@ -105,5 +112,6 @@ model = AutoPeftModelForSequenceClassification.from_pretrained("<this folder>", 
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ```
 
-The label count and names are in `actlora.json` (transformers builds the base with two labels unless told).
+The label count and names are in `actlora.json` (transformers builds the base with two labels unless told;
+`id2label` and `label2id` there are what `from_pretrained` takes to name the outputs on `model.config`).
 """

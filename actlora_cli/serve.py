@@ -21,7 +21,7 @@ from .config import Config
 from .data import Examples, encode, task_spec
 from .distributed import Dist, setup
 from .errors import ConfigError, DataError, Problem
-from .evaluation import load_trained, predict
+from .evaluation import check_labels, load_trained, predict
 from .modeling import autocast_context, autocast_settings
 
 
@@ -72,6 +72,7 @@ def run_predict(
     ctx = setup()
     if ctx.world > 1:
         raise ConfigError([Problem("torchrun", "predict runs in one process", "run `actlora predict` alone")])
+    check_labels(cfg, spec)
     loaded, model = load_trained(cfg, spec.num_labels, ctx)
     texts = [[row[f] for row in rows] for f in spec.text_fields]
     data = encode(loaded.tokenizer, Examples(texts, [0] * len(rows)), cfg.task.max_length, spec.is_regression)

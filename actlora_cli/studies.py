@@ -1,6 +1,7 @@
 """The validity studies of the Act-LoRA paper (sections 7.2-7.5), run on any model: each probes as many times
 as it needs through the probe stage, then hands the score vectors to ``analysis`` and writes
-``<out>/<study>.json``, ``<study>.md`` and PNG plots.
+``<out>/<study>.json``, ``<study>.md`` (with its plots), ``<study>.html`` (one self-contained page) and PNG
+plots. ``render_reports`` writes the Markdown and HTML again from the JSON alone (``actlora report``).
 
 - stability: the same scorer over N probe seeds: pairwise Kendall tau, top-k Jaccard (Tables 9, 10);
 - tasks: one scorer over several tasks: rank-correlation matrix (Fig. 11);
@@ -10,16 +11,16 @@ as it needs through the probe stage, then hands the score vectors to ``analysis`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import artifacts, ui
 from .analysis import agreement, correlation, plots, report, stability, thresholds
-from .config import Config
-from .probe import run_probe
+from .config import Config, read_utf8
+from .errors import ActloraError, Problem
 from .selection import select
 
 
@@ -27,6 +28,10 @@ def probe_scores(cfg: Config, out: Path, name: str, seed: int) -> dict[str, Any]
     """One probe into ``out/scores/<name>``; the head (new, random) is seeded too, which gradient-based
     scorers see: that is part of their seed dependence. A probe an interrupted study already made there from
     the same config is reused, so running the study again resumes it."""
+    import torch  # here, not above: writing the reports again from JSON (render_reports) needs no torch
+
+    from .probe import run_probe
+
     probe_cfg = cfg.with_overrides({"output_dir": str(out / "scores" / name), "probe.seed": seed})
     done = artifacts.made_from(probe_cfg.run_dir / "scores.json", "scores", probe_cfg)
     if done is not None:
@@ -39,7 +44,7 @@ def probe_scores(cfg: Config, out: Path, name: str, seed: int) -> dict[str, Any]
 def study_stability(
     cfg: Config, scorers: list[str], seeds: list[int], ks: list[int], out: Path
 ) -> dict[str, Any]:
-    results, parts = {}, []
+    results = {}
     for scorer in scorers:
         by_seed = []
         for seed in seeds:
@@ -52,17 +57,11 @@ def study_stability(
         plots.plot_seed_scores(
             by_seed, out / f"stability_{scorer}.png", title=f"{scorer}: scores over {len(seeds)} seeds"
         )
-        parts.append(f"### {scorer}\n\n" + stability.markdown(result, label=scorer))
     payload = {"seeds": seeds, "ks": ks, "results": results, **_context(cfg)}
     if len(scorers) >= 2:  # do the scorers agree with each other? (their seed-averaged scores)
         means = {s: [float(v) for v in np.mean(results[s]["scores_by_seed"], axis=0)] for s in scorers}
         payload["scorer_agreement"] = {**agreement.scorer_agreement(means, ks), "mean_scores": means}
-        parts.append(
-            "### agreement between scorers (scores averaged over the seeds)\n\n"
-            + agreement.markdown(payload["scorer_agreement"], label="Scorer")
-        )
-    md = "\n".join(parts)
-    report.write_study(out, "stability", payload, md)
+    report.write_study(out, "stability", payload, study_markdown("stability", payload, out))
     return payload
 
 
@@ -74,9 +73,8 @@ def study_tasks(cfg: Config, tasks: list[str], out: Path) -> dict[str, Any]:
         by_task[task] = doc["scores"]
     result = agreement.task_agreement(by_task)
     plots.plot_heatmap(by_task, out / "tasks_scores.png", f"{cfg.probe.scorer} scores by task", ylabel="task")
-    md = agreement.markdown(result)
     payload = {"tasks": tasks, "scores_by_task": by_task, "results": result, **_context(cfg)}
-    report.write_study(out, "tasks", payload, md)
+    report.write_study(out, "tasks", payload, study_markdown("tasks", payload, out))
     return payload
 
 
@@ -91,16 +89,15 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
             cfg.with_overrides({"probe.scorer": scorer, **extra}), out, f"corr_{scorer}", cfg.probe.seed
         )
         by_scorer[scorer] = doc["scores"]
-    results, sections = {}, []
-    for part in ablation["importance"]:
-        results[part] = correlation.correlate_with_reference(by_scorer, ablation["importance"][part])
-        sections.append(f"### ablating {part}\n\n" + correlation.markdown(results[part]))
+    results = {
+        part: correlation.correlate_with_reference(by_scorer, importance)
+        for part, importance in ablation["importance"].items()
+    }
     plots.plot_heatmap(
         {**by_scorer, "ablation (q+v)": ablation["importance"]["both"]},
         out / "correlation_heatmap.png",
         "layer importance by scorer (min-max) and by ablation",
     )
-    md = "\n".join(sections)
     payload = {
         "scores": by_scorer,
         "ablation": ablation["importance"],
@@ -108,7 +105,7 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
         "results": results,
         **_context(cfg),
     }
-    report.write_study(out, "correlation", payload, md)
+    report.write_study(out, "correlation", payload, study_markdown("correlation", payload, out))
     return payload
 
 
@@ -123,10 +120,86 @@ def study_thresholds(cfg: Config, out: Path, taus: list[float]) -> dict[str, Any
         out / "layer_scores.png",
         f"{scores['scorer']} at {scores['site']}: top-{k} marked",
     )
-    md = thresholds.markdown(table)
     payload = {"scores": scores["scores"], "table": table, **_context(cfg)}
-    report.write_study(out, "thresholds", payload, md)
+    report.write_study(out, "thresholds", payload, study_markdown("thresholds", payload, out))
     return payload
+
+
+def study_markdown(name: str, result: dict[str, Any], folder: Path) -> str:
+    """A study's Markdown from its result (the JSON's ``result``) alone, with the plots found in ``folder``:
+    what the study writes, and what ``render_reports`` writes again."""
+    if name == "stability":
+        seeds = len(result["seeds"])
+        md = "\n".join(
+            f"### {scorer}\n\n"
+            + stability.markdown(r, label=scorer)
+            + report.image(folder, f"stability_{scorer}.png", f"{scorer}: scores over {seeds} seeds")
+            for scorer, r in result["results"].items()
+        )
+        if "scorer_agreement" in result:
+            md += "\n### agreement between scorers (scores averaged over the seeds)\n\n" + agreement.markdown(
+                result["scorer_agreement"], label="Scorer"
+            )
+        return md
+    if name == "tasks":
+        return agreement.markdown(result["results"]) + report.image(
+            folder, "tasks_scores.png", "scores by task"
+        )
+    if name == "correlation":
+        sections = "\n".join(
+            f"### ablating {part}\n\n" + correlation.markdown(r) for part, r in result["results"].items()
+        )
+        return sections + report.image(
+            folder, "correlation_heatmap.png", "layer importance by scorer (min-max) and by ablation"
+        )
+    if name == "thresholds":
+        return (
+            thresholds.markdown(result["table"])
+            + report.image(folder, "thresholds_curve.png", "cumulative importance C(k)")
+            + report.image(folder, "layer_scores.png", "layer scores, the top-k marked")
+        )
+    if name == "frontier":
+        from .frontier import markdown
+
+        return markdown(result, folder)
+    raise ActloraError(
+        Problem(f"study '{name}'", "no such study", "stability, tasks, correlation, thresholds or frontier")
+    )
+
+
+def render_reports(folder: Path) -> list[Path]:
+    """The Markdown and HTML of every report in ``folder`` written again from its JSON (each study, and each
+    comparison of ``actlora compare --out``), linking the plots already there; nothing is re-run or
+    re-plotted. Returns the files written."""
+    from . import html_report
+    from .compare import write_pages
+
+    folder = Path(folder)
+    written: list[Path] = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            kind = json.loads(read_utf8(path)).get("kind")
+        except (ValueError, OSError, AttributeError):
+            continue  # not an artefact: not a report either
+        if kind == "study":
+            doc = artifacts.read_artifact(path, "study")
+            md_path = path.with_suffix(".md")
+            md = study_markdown(doc["study"], doc["result"], folder)
+            md = md if md.endswith("\n") else md + "\n"
+            artifacts.atomic_write_text(md_path, md)
+            title = report.study_title(doc["study"], doc["result"])
+            written += [md_path, html_report.write(md_path, md, title)]
+        elif kind == "comparison":
+            written += write_pages(artifacts.read_artifact(path, "comparison"), path)
+    if not written:
+        raise ActloraError(
+            Problem(
+                str(folder),
+                "holds no study or comparison JSON",
+                "give the --out folder of `actlora study ...`, or the folder of `actlora compare --out`",
+            )
+        )
+    return written
 
 
 def _context(cfg: Config) -> dict[str, Any]:

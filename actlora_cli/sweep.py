@@ -6,7 +6,7 @@ Layout under the sweep folder ``<out>``::
     <task>/probe/scores.json            one probe per task (probe.seed), shared by its points
     <task>/<method>-k<k>-seed<s>/       an ordinary run folder (scores, selection, adapter, eval.json); a plan
                                         strategy other than the guided one is named in it: -last-, -random2-
-    <task>/comparison.json, .md, *.png  the task's points (seeds grouped) against LoRA on every layer
+    <task>/comparison.json, .md, .html, *.png  the task's points (seeds grouped) against LoRA on every layer
 
 Everything is checked before anything runs: every point's config is validated (all problems reported
 together), then the probes run and every k is checked against the model's layer count, and only then does
@@ -444,10 +444,11 @@ def run_sweep(base: Config, grid: Grid, out: Path, dry_run: bool = False) -> dic
     by_folder = {str(p.folder): entry for p, entry in zip(points, manifest.doc["points"], strict=True)}
     for task in grid.tasks:
         report = compare_task(task, [p for p in points if p.task == task])
-        json_path, md_path, *plots = write_report(report, out / task / "comparison.json")
+        json_path, md_path, html_path, *plots = write_report(report, out / task / "comparison.json")
         manifest.doc["comparisons"][task] = {
             "json": str(json_path),
             "markdown": str(md_path),
+            "html": str(html_path),
             "plots": [str(path) for path in plots],
             "note": report["note"],
             # what compare warned about (runs timed under different load, older cost definitions, ...): a

@@ -37,7 +37,7 @@ from .data import (
 )
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
-from .evaluation import predict
+from .evaluation import id2label, predict
 from .losses import compute_loss
 from .metrics import evaluate as compute_metrics
 from .modeling import Architecture, autocast_context, autocast_settings, load_for
@@ -675,7 +675,8 @@ def summary(
     phases = ("forward", "backward", "optimizer")
     return {
         "model": run.arch.identity(cfg.model.name),
-        "task": {"name": run.spec.name, "train_examples": len(run.train_data)},
+        "task": {"name": run.spec.name, "train_examples": len(run.train_data),
+                 "id2label": id2label(run.spec)},
         "plan": {"layers": plan.layers, "k": plan.k, "tau": plan.tau, "rule": plan.rule,
                  "strategy": plan.strategy, "seed": plan.seed, "source": plan.source,
                  "ranks_agreeing": run.ranks_agreeing},

@@ -243,13 +243,15 @@ def test_markdown_table_formats_cells():
 def test_write_study_is_a_valid_study_artefact(tmp_path):
     result = seed_stability([[1.0] * 4, DESC, ONE_SWAP], ks=[1, 2])  # holds undefined (None) values
     markdown = stability.markdown(result)
-    json_path, md_path = write_study(tmp_path / "studies", "seed_stability", result, markdown)
+    json_path, md_path, page_path = write_study(tmp_path / "studies", "seed_stability", result, markdown)
     doc = _no_nan_json(json_path.read_text())
     assert (doc["kind"], doc["schema_version"], doc["study"]) == ("study", SCHEMA_VERSION, "seed_stability")
     assert doc["result"] == result
     assert read_artifact(json_path, "study") == doc
     assert md_path.read_text() == markdown
-    assert sorted(p.name for p in json_path.parent.iterdir()) == ["seed_stability.json", "seed_stability.md"]
+    assert "<table>" in page_path.read_text()
+    names = sorted(p.name for p in json_path.parent.iterdir())
+    assert names == ["seed_stability.html", "seed_stability.json", "seed_stability.md"]
 
 
 def test_write_study_refuses_nan(tmp_path):

@@ -313,12 +313,18 @@ def test_write_report_writes_json_markdown_and_valid_pngs(runs, tmp_path):
     out = tmp_path / "report" / "comparison.json"
     written = write_report(report, out)
     charts = [out.with_name("comparison_metric_vs_params.png"), out.with_name("comparison_step_time.png")]
-    assert written == [out, out.with_suffix(".md"), *charts]
-    for png in written[2:]:
+    assert written == [out, out.with_suffix(".md"), out.with_suffix(".html"), *charts]
+    for png in written[3:]:
         data = png.read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC)
     assert artifacts.read_artifact(out, "comparison")["groups"] == json.loads(json.dumps(report["groups"]))
-    assert out.with_suffix(".md").read_text() == markdown(report)
+    # the Markdown, then the charts beside it; the page shows both (tests/test_html_report.py checks pages)
+    assert out.with_suffix(".md").read_text() == markdown(report) + (
+        "\n![metric against trainable parameters](comparison_metric_vs_params.png)\n"
+        "\n![step time by phase](comparison_step_time.png)\n"
+    )
+    page = out.with_suffix(".html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 2 and "<table>" in page
     assert not list((tmp_path / "report").glob(".*"))  # no temporary files left behind
 
 

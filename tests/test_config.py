@@ -87,6 +87,14 @@ BAD_CONFIGS = [
         "task",
         "a custom task needs task.files, task.text_fields, task.label_field, task.num_labels",
     ),
+    (
+        "custom-files-and-dataset",
+        "task:\n  name: custom\n  files: {train: {tmp}/cfg.yaml}\n  dataset: user/name\n"
+        "  text_fields: [text]\n  label_field: label\n  num_labels: 2\n",
+        [],
+        "task",
+        "task.files and task.dataset both given; keep one: local files, or a datasets id",
+    ),
     ("lora-r-zero", None, ["lora.r=0"], "lora.r", "greater than or equal to 1"),
     ("section-not-mapping", "train: 5\n", [], "train", "valid dictionary"),
     (

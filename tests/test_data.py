@@ -332,12 +332,17 @@ def test_custom_label_outside_range(tmp_path):
     assert problem.fix.startswith("fix task.num_labels")
 
 
-def test_custom_non_numeric_label_and_unknown_split_and_type(tmp_path):
+def test_custom_single_string_class_and_unknown_split_and_type(tmp_path):
     path = tmp_path / "d.csv"
     _write(path, "premise,hyp,y\na,b,yes\n")
+    with pytest.raises(DataError) as info:
+        task_spec(_custom({"train": path}))
+    (problem,) = info.value.problems
+    assert problem.where == "task.num_labels"
+    assert problem.what == f"3, but {path} holds 1 distinct label: 'yes'"
+    assert problem.fix == "a classifier needs two or more classes: check task.label_field"
+    CUSTOM.to_csv(path, index=False)
     cfg = _custom({"train": path})
-    with pytest.raises(DataError, match="non-numeric label"):
-        load_examples(cfg, task_spec(cfg), "train")
     with pytest.raises(DataError) as info:
         load_examples(cfg, task_spec(cfg), "test")
     assert (info.value.problems[0].where, info.value.problems[0].fix) == ("task.files", "splits given: train")
@@ -345,6 +350,137 @@ def test_custom_non_numeric_label_and_unknown_split_and_type(tmp_path):
     cfg = _custom({"train": txt})
     with pytest.raises(DataError, match="unknown file type '.txt'"):
         load_examples(cfg, task_spec(cfg), "train")
+
+
+# --- custom tasks: string labels, datasets ids ------------------------------------------------------------
+
+NAMED = pd.DataFrame(
+    {"text": ["t1", "t2", "t3", "t4", "t5"], "y": ["zebra", "apple", "mango", "apple", "zebra"]}
+)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+def test_string_labels_map_to_sorted_ids(tmp_path, fmt):
+    train, dev = tmp_path / f"train.{fmt}", tmp_path / f"dev.{fmt}"
+    for frame, path in ((NAMED, train), (NAMED.iloc[[1, 2]], dev)):
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "tsv":
+            frame.to_csv(path, sep="\t", index=False)
+        elif fmt == "jsonl":
+            frame.to_json(path, orient="records", lines=True)
+        else:
+            frame.to_parquet(path)
+    cfg = _custom({"train": train, "dev": dev}, text_fields=("text",))
+    spec = task_spec(cfg)
+    assert spec.label_names == ("apple", "mango", "zebra")
+    # the ids by hand: the position of each name in the sorted list
+    assert load_examples(cfg, spec, "train").labels == [2, 0, 1, 0, 2]
+    assert load_examples(cfg, spec, "dev").labels == [0, 1]
+    # the same map whatever the order of the rows
+    shuffled = tmp_path / "shuffled.csv"
+    NAMED.iloc[::-1].to_csv(shuffled, index=False)
+    assert task_spec(_custom({"train": shuffled}, text_fields=("text",))).label_names == spec.label_names
+
+
+def test_numbers_stay_class_ids_and_a_name_among_numbers_makes_every_label_a_name(tmp_path):
+    path = tmp_path / "d.csv"
+    _write(path, "text,y\na,2\nb,0\nc,1\n")
+    cfg = _custom({"train": path}, text_fields=("text",))
+    spec = task_spec(cfg)
+    assert spec.label_names is None and load_examples(cfg, spec, "train").labels == [2, 0, 1]
+    _write(path, "text,y\na,2\nb,0\nc,two\n")
+    spec = task_spec(cfg)
+    assert spec.label_names == ("0", "2", "two")
+    assert load_examples(cfg, spec, "train").labels == [1, 0, 2]
+
+
+def test_string_label_absent_from_training_names_file_and_label(tmp_path):
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    NAMED.to_csv(train, index=False)
+    _write(dev, "text,y\na,apple\nb,kiwi\nc,fig\n")
+    with pytest.raises(DataError) as info:
+        task_spec(_custom({"train": train, "dev": dev}, text_fields=("text",)))
+    (problem,) = info.value.problems
+    assert problem.where == str(dev)
+    assert problem.what == "label 'fig' (and 1 more) does not occur in the training split"
+    assert problem.fix.startswith("the training labels are 'apple', 'mango', 'zebra'")
+    with pytest.raises(DataError) as info:
+        task_spec(_custom({"train": train, "dev": dev}, num_labels=2, text_fields=("text",)))
+    assert info.value.problems[0].what == f"2, but {train} holds 3 distinct labels: 'apple', 'mango', 'zebra'"
+    assert info.value.problems[0].fix == "set task.num_labels: 3"
+
+
+def test_regression_custom_task_refuses_string_targets(tmp_path):
+    path = tmp_path / "d.csv"
+    NAMED.to_csv(path, index=False)
+    cfg = _custom({"train": path}, num_labels=1, text_fields=("text",))
+    spec = task_spec(cfg)
+    assert spec.label_names is None
+    with pytest.raises(DataError, match="non-numeric regression target"):
+        load_examples(cfg, spec, "train")
+
+
+def _dataset_cfg(dataset: str, **kw) -> TaskSection:
+    return TaskSection(
+        name="custom", dataset=dataset, text_fields=["text"], label_field="y", num_labels=3, **kw
+    )
+
+
+def test_dataset_folder_loads_like_the_same_files(tmp_path):
+    """task.dataset goes through datasets.load_dataset (a local folder of data files here: the hub is
+    offline) and gives the examples task.files gives for the same files."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    NAMED.to_csv(folder / "train.csv", index=False)
+    NAMED.iloc[[3, 2]].to_csv(folder / "validation.csv", index=False)
+    NAMED.iloc[[0]].to_csv(folder / "test.csv", index=False)
+    cfg = _dataset_cfg(str(folder))
+    spec = task_spec(cfg)
+    files = _custom(
+        {"train": folder / "train.csv", "validation": folder / "validation.csv"}, text_fields=("text",)
+    )
+    assert spec == task_spec(files) and spec.eval_splits == ("validation",)
+    for split in ("train", "validation"):
+        got, want = load_examples(cfg, spec, split), load_examples(files, spec, split)
+        assert (got.texts, got.labels) == (want.texts, want.labels)
+    assert load_examples(cfg, spec, "validation").labels == [0, 1]
+    assert eval_splits(_dataset_cfg(str(folder), eval_split="test"), spec) == ("test",)
+    assert load_examples(_dataset_cfg(str(folder), eval_split="test"), spec, "test").labels == [2]
+
+
+def test_dataset_class_label_names_keep_the_datasets_order(tmp_path):
+    """A ClassLabel feature declares the names and their ids: kept as declared, not re-sorted."""
+    import datasets
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "y": datasets.ClassLabel(names=["zebra", "apple", "mango"])}
+    )
+    folder = tmp_path / "ds"
+    for split, ids in (("train", [0, 1, 2, 1]), ("validation", [2, 0])):
+        rows = {"text": [f"t{i}" for i in range(len(ids))], "y": ids}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{split}.parquet"))
+    cfg = _dataset_cfg(str(folder))
+    spec = task_spec(cfg)
+    assert spec.label_names == ("zebra", "apple", "mango")
+    assert load_examples(cfg, spec, "train").labels == [0, 1, 2, 1]
+    assert load_examples(cfg, spec, "validation").labels == [2, 0]
+
+
+def test_dataset_that_cannot_load_offline_names_the_key(tmp_path):
+    with pytest.raises(DataError) as info:
+        task_spec(_dataset_cfg("someone/no-such-dataset", dataset_config="plain"))
+    (problem,) = info.value.problems
+    assert problem.where == "task.dataset"
+    assert problem.what.startswith("cannot load someone/no-such-dataset (plain), split train (")
+    assert "local folder of data files" in problem.fix and "task.files" in problem.fix
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    NAMED.to_csv(folder / "train.csv", index=False)
+    with pytest.raises(DataError) as info:  # no validation split in the folder
+        task_spec(_dataset_cfg(str(folder)))
+    assert "split validation" in info.value.problems[0].what
+    assert "Unknown split" in info.value.problems[0].what
 
 
 # --- batches ------------------------------------------------------------------------------------------------

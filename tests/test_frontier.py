@@ -87,8 +87,9 @@ def test_frontier_end_to_end(tmp_path, six_layer_bert, tiny_task):
     payload = run_frontier(
         cfg, out, ks=[2], seeds=(0, 1), draws=2, budget=0.8, profile_batches=2, profile_rounds=1
     )
-    for name in ("frontier.json", "frontier.md", "frontier.png"):
+    for name in ("frontier.json", "frontier.md", "frontier.png", "frontier.html"):
         assert (out / name).is_file()
+    assert (out / "frontier.md").read_text().endswith("\n![metric against device-hours](frontier.png)\n")
     runs = payload["runs"]
     distinct = {tuple(p["layers"]) for p in payload["points"]}
     fast = [r for r in runs if r["variant"] == "fast"]

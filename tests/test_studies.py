@@ -38,7 +38,15 @@ def setup(tmp_path_factory, tiny_models, tiny_task):
 
 def _study(out, name):
     doc = json.loads((out / f"{name}.json").read_text())
-    assert doc["kind"] == "study" and (out / f"{name}.md").read_text().strip()
+    md = (out / f"{name}.md").read_text()
+    assert doc["kind"] == "study" and md.strip()
+    # every chart the study drew is linked from its Markdown, and inline in its page
+    charts = sorted(p.name for p in out.glob(f"{name}*.png")) + (
+        ["layer_scores.png"] if name == "thresholds" else []
+    )
+    linked = sorted(line[line.index("](") + 2 : -1] for line in md.splitlines() if line.startswith("!["))
+    assert linked == sorted(charts) and charts
+    assert (out / f"{name}.html").read_text().count('<img src="data:image/png;base64,') == len(charts)
     return doc
 
 

@@ -1,5 +1,5 @@
-"""Study output: Markdown tables with uniform number formatting, and the study's JSON artefact (kind
-'study') plus its Markdown, side by side."""
+"""Study output: Markdown tables with uniform number formatting, links to the charts that exist, and the
+study's JSON artefact (kind 'study') plus its Markdown and HTML page, side by side."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, html_report
 from ..artifacts import atomic_write_text, write_artifact
 from ..errors import ActloraError, Problem
 
@@ -43,9 +43,18 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line(headers), "|" + "---|" * len(headers), *map(line, rows)]) + "\n"
 
 
-def write_study(out_dir: Path | str, name: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``<out_dir>/<name>.json`` (a 'study' artefact holding ``result``) and ``<name>.md``, both
-    atomically; returns their paths. A NaN or infinity in ``result`` is refused: it is not valid JSON."""
+def image(folder: Path, name: str, alt: str) -> str:
+    """A Markdown image line for the chart ``name`` beside the report, or nothing when there is no such file
+    (a report links only what it can show)."""
+    return f"\n![{alt}]({name})\n" if (Path(folder) / name).is_file() else ""
+
+
+def write_study(
+    out_dir: Path | str, name: str, result: dict[str, Any], markdown: str
+) -> tuple[Path, Path, Path]:
+    """Write ``<out_dir>/<name>.json`` (a 'study' artefact holding ``result``), ``<name>.md`` and its page
+    ``<name>.html`` (html_report), each atomically; returns their paths. A NaN or infinity in ``result`` is
+    refused: it is not valid JSON."""
     out_dir = Path(out_dir)
     try:
         json.dumps(result, allow_nan=False)
@@ -65,5 +74,13 @@ def write_study(out_dir: Path | str, name: str, result: dict[str, Any], markdown
     }
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     write_artifact(json_path, "study", payload)
-    atomic_write_text(md_path, markdown if markdown.endswith("\n") else markdown + "\n")
-    return json_path, md_path
+    markdown = markdown if markdown.endswith("\n") else markdown + "\n"
+    atomic_write_text(md_path, markdown)
+    return json_path, md_path, html_report.write(md_path, markdown, study_title(name, result))
+
+
+def study_title(name: str, result: dict[str, Any]) -> str:
+    """A study page's title: the study, and the model when the result names it (the task is not always one:
+    the tasks study ranges over several)."""
+    model = result.get("model")
+    return f"{name} study" + (f": {model}" if isinstance(model, str) else "")
