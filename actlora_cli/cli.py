@@ -720,6 +720,14 @@ def study_frontier_cmd(
     profile_rounds: Annotated[
         int, typer.Option("--profile-rounds", min=1, help="Rounds of the cost profile (medians over them).")
     ] = 3,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile/--no-profile",
+            help="Profile every one-layer plan's cost first (L + 1 timed training steps per batch and "
+            "round): the budget plan and the predicted step times need it.",
+        ),
+    ] = True,
     debug: DebugOpt = False,
 ) -> None:
     """Does guidance pay at equal cost? Per k, train the guided plan, the budget-selected plan, the last,
@@ -746,6 +754,7 @@ def study_frontier_cmd(
             profile_rounds,
             tuple(s.strip() for s in strategies.split(",") if s.strip()),
             eval_examples,
+            profile,
         )
         render.study(out, "frontier")
 

@@ -52,8 +52,8 @@ def _name(layers: tuple[int, ...]) -> str:
 
 def plan_table(
     scores: list[float],
-    model: CostModel,
-    shape: RunShape,
+    model: CostModel | None,
+    shape: RunShape | None,
     ks: list[int],
     draws: int,
     budget: float,
@@ -67,7 +67,7 @@ def plan_table(
     def add(layers, k: int, strategy: str, draw: int | None = None) -> None:
         plans.setdefault(tuple(sorted(layers)), []).append({"k": k, "strategy": strategy, "draw": draw})
 
-    every = predict(model, list(range(n)), shape)["step_seconds_total"]
+    every = predict(model, list(range(n)), shape)["step_seconds_total"] if "budget" in strategies else 0.0
     for k in ks:
         if k >= n:
             continue
@@ -96,9 +96,12 @@ def run_frontier(
     profile_rounds: int = 3,
     strategies: tuple[str, ...] = OTHER_STRATEGIES,
     eval_examples: int | None = None,
+    profile: bool = True,
 ) -> dict[str, Any]:
     """``eval_examples``: the first N validation examples (default: the whole split, for the tightest
-    intervals; a deep model on a CPU cannot afford it)."""
+    intervals; a deep model on a CPU cannot afford it). ``profile=False`` skips the cost profile (a full
+    training step of every one-layer plan: L + 1 plans, costly on a deep model without a GPU): no budget plan
+    and no predicted step times then."""
     from .data import task_spec
     from .probe import run_probe
     from .profile import run_profile
@@ -114,6 +117,10 @@ def run_frontier(
         raise ConfigError(
             [Problem("--strategies", f"unknown {unknown}", f"choose from {', '.join(OTHER_STRATEGIES)}")]
         )
+    if not profile and "budget" in strategies:
+        raise ConfigError(
+            [Problem("--strategies", "budget needs the cost profile", "drop budget, or drop --no-profile")]
+        )
     base = cfg.with_overrides({"task.max_eval_examples": eval_examples if eval_examples else CLEAR})
     probe_cfg = base.with_overrides({"output_dir": str(out / "probe")})
     scores_doc = artifacts.made_from(probe_cfg.run_dir / "scores.json", "scores", probe_cfg)
@@ -121,7 +128,7 @@ def run_frontier(
         ui.note(f"frontier: probe -> {probe_cfg.run_dir}")
         scores_doc = run_probe(probe_cfg)
     costs_doc = artifacts.made_from(probe_cfg.run_dir / "costs.json", "costs", probe_cfg)
-    if costs_doc is None:
+    if costs_doc is None and profile:
         ui.note(f"frontier: profile -> {probe_cfg.run_dir}")
         costs_doc = run_profile(probe_cfg, batches=profile_batches, rounds=profile_rounds)
     scores, n = scores_doc["scores"], len(scores_doc["scores"])
@@ -129,8 +136,8 @@ def run_frontier(
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
         raise ConfigError([Problem("--k", f"k={bad} but the model has {n} layers", f"choose k in 1..{n}")])
-    model = CostModel.from_doc(costs_doc)
-    shape = _shape(base, costs_doc)
+    model = CostModel.from_doc(costs_doc) if costs_doc else None
+    shape = _shape(base, costs_doc) if costs_doc else None
     plans = plan_table(scores, model, shape, ks, draws, budget, strategies)
 
     focus_k = base.rank.k if isinstance(base.rank.k, int) and base.rank.k < n else min(3, n - 1)
@@ -147,7 +154,8 @@ def run_frontier(
     records = []
     for i, (layers, seed, variant) in enumerate(jobs, 1):
         ui.note(f"[bold][{i}/{len(jobs)}][/] frontier: layers {list(layers)}, seed {seed}, {variant}")
-        records.append(_train_one(base, out, layers, seed, variant, probe_cfg.run_dir / "costs.json"))
+        costs = probe_cfg.run_dir / "costs.json" if costs_doc else None
+        records.append(_train_one(base, out, layers, seed, variant, costs))
     payload = analyse(records, plans, scores_doc, costs_doc, model, shape, budget, seeds, focus_k)
     payload["command"] = {
         "config": base.to_dict(),
@@ -158,7 +166,7 @@ def run_frontier(
         "protocol_check": protocol_check,
         "strategies": list(strategies),
         "eval_examples": eval_examples,
-        "profile": {"batches": profile_batches, "rounds": profile_rounds},
+        "profile": {"batches": profile_batches, "rounds": profile_rounds} if costs_doc else None,
     }
     payload["provenance"] = artifacts.provenance(base.hash())
     plot(payload, out / "frontier.png")
@@ -173,7 +181,7 @@ def _shape(cfg: Config, costs_doc: dict[str, Any]) -> RunShape:
 
 
 def _train_one(
-    base: Config, out: Path, layers: tuple[int, ...], seed: int, variant: str, costs: Path
+    base: Config, out: Path, layers: tuple[int, ...], seed: int, variant: str, costs: Path | None
 ) -> dict[str, Any]:
     """Train (unless done) and record one run: its metric, costs, prediction and per-example correctness."""
     from .train import run_train
@@ -189,7 +197,7 @@ def _train_one(
     preds_path = folder / "predictions.json"
     if summary is None or not preds_path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        if variant == "fast":  # the protocol variant is profiled under other settings: no prediction
+        if variant == "fast" and costs:  # the protocol variant is profiled under other settings
             artifacts.atomic_write_text(folder / "costs.json", costs.read_text())
         summary = run_train(cfg, overwrite=True)
     preds = json.loads(preds_path.read_text())
@@ -234,15 +242,15 @@ def analyse(
     records: list[dict[str, Any]],
     plans: dict[tuple[int, ...], list[dict[str, Any]]],
     scores_doc: dict[str, Any],
-    costs_doc: dict[str, Any],
-    model: CostModel,
-    shape: RunShape,
+    costs_doc: dict[str, Any] | None,
+    model: CostModel | None,
+    shape: RunShape | None,
     budget: float,
     seeds: tuple[int, ...],
     focus_k: int,
 ) -> dict[str, Any]:
     probe_hours = scores_doc["timings"]["probe_s"] * scores_doc.get("world_size", 1) / 3600
-    profile_hours = costs_doc["timings"]["total_s"] / 3600
+    profile_hours = costs_doc["timings"]["total_s"] / 3600 if costs_doc else 0.0
     fast = [r for r in records if r["variant"] == "fast"]
     by_plan: dict[tuple[int, ...], list[dict[str, Any]]] = {}
     for r in fast:
@@ -262,7 +270,7 @@ def analyse(
         positional = bool(set(strategies) - {"scores", "budget"})
         charge = 0.0 if positional else probe_hours + profile_hours * ("scores" not in strategies)
         train_hours = statistics.fmean(r["device_hours"] for r in runs)
-        predicted = predict(model, list(layers), shape)
+        predicted = predict(model, list(layers), shape)["mean_step_seconds"] if model else None
         measured = statistics.fmean(r["step_seconds"] / r["steps"] for r in runs)
         points.append({
             "layers": list(layers), "labels": labels, "strategies": strategies,
@@ -271,9 +279,9 @@ def analyse(
             "train_device_hours": train_hours, "selection_device_hours": charge,
             "device_hours": train_hours + charge,
             "guided_device_hours": train_hours + probe_hours if "scores" in strategies else None,
-            "predicted_mean_step_seconds": predicted["mean_step_seconds"],
+            "predicted_mean_step_seconds": predicted,
             "measured_mean_step_seconds": measured,
-            "measured_over_predicted": measured / predicted["mean_step_seconds"],
+            "measured_over_predicted": measured / predicted if predicted else None,
             "trainable_parameters": runs[0]["trainable_parameters"],
         })  # fmt: skip
     front = fs.pareto_front([p["device_hours"] for p in points], [p["accuracy"] for p in points])
@@ -359,7 +367,7 @@ def analyse(
             "protocol_device_hours": statistics.fmean(r["device_hours"] for r in slow),
             "prefix_cache": quick[0]["prefix_cache"],
         })  # fmt: skip
-    ratios = [p["measured_over_predicted"] for p in points]
+    ratios = [p["measured_over_predicted"] for p in points if p["measured_over_predicted"] is not None]
     hosts = [r["host"] or {} for r in records]
     return {
         "model": scores_doc["model"],
@@ -380,7 +388,9 @@ def analyse(
             "max_abs_error": max(abs(r - 1) for r in ratios),
             "within_10_percent": sum(abs(r - 1) <= 0.10 for r in ratios),
             "plans": len(ratios),
-        },
+        }
+        if ratios
+        else None,  # no profile, no prediction
         "host_load": {
             "others_cpu_share_max": max((h.get("others_cpu_share") or 0.0) for h in hosts),
             "others_cpu_share_median": statistics.median((h.get("others_cpu_share") or 0.0) for h in hosts),
@@ -388,6 +398,10 @@ def analyse(
         "runs": [{k: v for k, v in r.items() if k != "correct"} for r in records],
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _ci(d: dict[str, Any]) -> str:
@@ -426,8 +440,8 @@ def markdown(p: dict[str, Any], folder: Path) -> str:
         rows.append([
             str(q["layers"]), labels, f"{100 * q['accuracy']:.2f}",
             " / ".join(f"{100 * a:.1f}" for a in q["accuracy_by_seed"]),
-            f"{3600 * q['device_hours']:.1f}", f"{q['predicted_mean_step_seconds']:.3f}",
-            f"{q['measured_mean_step_seconds']:.3f}", f"{q['measured_over_predicted']:.2f}",
+            f"{3600 * q['device_hours']:.1f}", _num(q["predicted_mean_step_seconds"], 3),
+            f"{q['measured_mean_step_seconds']:.3f}", _num(q["measured_over_predicted"], 2),
             "yes" if q["pareto"] else "",
         ])  # fmt: skip
     lines.append(
@@ -449,7 +463,9 @@ def markdown(p: dict[str, Any], folder: Path) -> str:
     pr = p["prediction"]
     lines += [
         f"Predicted against measured step time: median error {100 * pr['median_abs_error']:.1f} %, largest "
-        f"{100 * pr['max_abs_error']:.1f} %, {pr['within_10_percent']} of {pr['plans']} plans within 10 %.",
+        f"{100 * pr['max_abs_error']:.1f} %, {pr['within_10_percent']} of {pr['plans']} plans within 10 %."
+        if pr
+        else "No cost profile was made (--no-profile): no predicted step times.",
         "",
         "## Per k: guided minus each simpler plan",
         "",

@@ -68,11 +68,42 @@ def test_plan_table_deduplicates_and_labels():
     }
 
 
-def test_frontier_refuses_an_unknown_strategy(tmp_path):
+def test_frontier_refuses_an_unknown_strategy_and_a_budget_without_profile(tmp_path):
     from actlora_cli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--strategies"):
         run_frontier(Config(), tmp_path, strategies=("last", "best"))
+    with pytest.raises(ConfigError, match="budget needs the cost profile"):
+        run_frontier(Config(), tmp_path, strategies=("budget",), profile=False)
+
+
+def test_frontier_without_profile_narrowed(tmp_path, six_layer_bert, tiny_task):
+    """--no-profile --strategies last --eval-examples: the guided plan, the last k and every layer only, no
+    costs.json, no predictions, evaluated on the first N validation examples."""
+    train = {"epochs": 1, "lr": 5e-3, "batch_size": 16, "max_steps": 2}
+    cfg = Config.model_validate(
+        tiny_config(
+            six_layer_bert, tiny_task, tmp_path / "unused", train=train, probe={"steps": 2}, rank={"k": 2}
+        )
+    )
+    out = tmp_path / "frontier"
+    payload = run_frontier(
+        cfg,
+        out,
+        ks=[2],
+        seeds=(0,),
+        protocol_check=False,
+        strategies=("last",),
+        eval_examples=10,
+        profile=False,
+    )
+    assert not (out / "probe" / "costs.json").exists()
+    chosen = {tuple(p["layers"]): p["strategies"] for p in payload["points"]}
+    guided = tuple(payload["per_k"][0]["guided"])
+    assert set(chosen) == {guided, (4, 5), tuple(range(6))}
+    assert all(p["predicted_mean_step_seconds"] is None for p in payload["points"])
+    assert payload["prediction"] is None and payload["validation_examples"] == 10
+    assert "No cost profile was made" in (out / "frontier.md").read_text()
 
 
 def test_frontier_end_to_end(tmp_path, six_layer_bert, tiny_task):
