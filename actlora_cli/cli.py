@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from . import render, ui
 from .config import CLEAR, Config, load_config, parse_list
@@ -134,11 +135,12 @@ def _handled(debug: bool, resume: str | None = None):
         title = "invalid config" if isinstance(exc, ConfigError) else "error"
         if exc.source:
             title += f" ({exc.source})"
-        ui.err.print(f"[bold red]{title}[/]")
+        ui.err.print(f"[bold red]{escape(title)}[/]")
         for problem in exc.problems:
+            # escaped: a problem's text is not markup (pip install 'actlora[wandb]' must print whole)
             ui.err.print(
-                f"  [bold]{problem.where}[/]: {problem.what}"
-                + (f"\n    fix: {problem.fix}" if problem.fix else "")
+                f"  [bold]{escape(problem.where)}[/]: {escape(problem.what)}"
+                + (f"\n    fix: {escape(problem.fix)}" if problem.fix else "")
             )
         # 2 (as click's usage errors) for bad input, 3 for a diverged run: a script can tell "fix the input"
         # and "retry with other settings" from a crash (1, with a traceback)

@@ -70,6 +70,21 @@ class Invalid(ValueError):
         self.fix = fix
 
 
+# train.report_to: the experiment trackers (tracking.py); "none" is the empty list
+Reporter = Literal["tensorboard", "wandb", "mlflow", "trackio"]
+
+
+def _reporters(value: Any) -> Any:
+    """train.report_to as given -> a list without "none": one name, a comma-separated string, a list, or
+    null (none)."""
+    names = parse_list(value) if isinstance(value, str) else [] if value is None else value
+    if not isinstance(names, list):
+        return names  # pydantic reports the type
+    if "none" in names and len(names) > 1:
+        raise Invalid(f"none together with {names}", "give none alone, or only the trackers to report to")
+    return list(dict.fromkeys(n for n in names if n != "none"))
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -482,7 +497,17 @@ class TrainSection(Section):
         50,
         ge=1,
         description="When stderr is not a terminal (nohup, Slurm, a pipe): a plain progress line every N "
-        "optimizer steps (step, epoch, loss, lr, samples/s, elapsed, ETA).",
+        "optimizer steps (step, epoch, loss, lr, samples/s, elapsed, ETA); the trackers of report_to get "
+        "the same numbers at the same steps.",
+    )
+    report_to: Annotated[list[Reporter], BeforeValidator(_reporters)] = Field(
+        [],
+        description="Experiment trackers, one name or a list: tensorboard (<output_dir>/tensorboard), "
+        "wandb, mlflow (MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db), trackio; none (the "
+        "default) reports nowhere. Each is an extra: pip install 'actlora[tensorboard]'. Rank 0 reports.",
+    )
+    run_name: str | None = Field(
+        None, description="The run's name in the trackers (report_to); null: the run folder's name."
     )
 
     @model_validator(mode="after")
@@ -526,6 +551,20 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """The resolved config as dotted keys (``train.lr``); task.files stays one mapping."""
+        flat: dict[str, Any] = {}
+
+        def walk(node: dict[str, Any], prefix: str) -> None:
+            for key, value in node.items():
+                if isinstance(value, dict) and key != "files":
+                    walk(value, f"{prefix}{key}.")
+                else:
+                    flat[f"{prefix}{key}"] = value
+
+        walk(self.to_dict(), "")
+        return flat
 
     def with_overrides(self, values: dict[str, Any]) -> Config:
         """A validated copy with dotted keys replaced:

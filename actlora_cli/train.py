@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import artifacts, costmodel, model_card, runfolder, ui
+from . import artifacts, costmodel, model_card, runfolder, tracking, ui
 from .adapters import Adapted, adapted_layers, apply_method, count_parameters
 from .checkpoints import last_checkpoint, load_state, save_checkpoint, seed_everything, set_rng_state
 from .config import Config
@@ -106,6 +106,7 @@ class Run:
     prep_seconds: dict[str, float]  # this invocation's model loading and data preparation
     trainable: int
     total: int
+    tracker: tracking.Tracking  # train.report_to's trackers (none on ranks other than 0)
     tokenizer: Any = None  # saved beside the adapter (model_card.complete)
 
     @property
@@ -177,6 +178,7 @@ class Totals:
 def setup_run(cfg: Config, plan: Plan | None) -> Run:
     """Model, plan, data, step count, method, precision, frozen prefix, DDP, optimizer, scheduler, scaler."""
     ctx = setup()
+    tracker = tracking.Tracking(cfg, ctx.is_main)  # a tracker's missing package, before the model loads
     t = cfg.train
     spec = task_spec(cfg.task)
     seed_everything(t.seed)  # before the model: a new head and the adapters draw their initial weights
@@ -225,7 +227,8 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     return Run(
         cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch,
         total_steps, adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype,
-        autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total, loaded.tokenizer,
+        autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total, tracker,
+        loaded.tokenizer,
     )  # fmt: skip
 
 
@@ -254,32 +257,24 @@ def check_precision(model: torch.nn.Module, amp_dtype: torch.dtype | None) -> No
         )])  # fmt: skip
 
 
-# A run's outputs in its folder: what a fresh run replaces (only with --overwrite) and resume continues.
+# A run's outputs in its folder: what a fresh run replaces (only with --overwrite) and resume continues. The
+# MLflow and W&B stores (mlflow.db, wandb/) hold every run made there, each apart, so they stay.
 OUTPUTS = (
     "adapter", "model", "checkpoints", "train_log.jsonl", "predictions.json", "train_summary.json",
-    "eval.json",
+    "eval.json", "tensorboard",
 )  # fmt: skip
 
 # Settings that do not change what a run learns, so a resume may differ in them: where it is written, the
-# probe (the plan itself is compared), when it stops or saves, and how it is evaluated.
+# probe (the plan itself is compared), when it stops or saves, how it is evaluated, and where it reports.
 RESUMABLE_CHANGES = ("output_dir", "probe.", "rank.", "train.max_steps", "train.save_every",
                      "train.eval_batch_size", "train.logging_steps", "train.eval_steps", "train.patience",
-                     "train.save_total_limit", "task.max_eval_examples", "task.eval_split")  # fmt: skip
+                     "train.save_total_limit", "train.report_to", "train.run_name", "task.max_eval_examples",
+                     "task.eval_split")  # fmt: skip
 
 
 def training_settings(cfg: Config) -> dict[str, Any]:
     """The resolved config as dotted keys, less the settings a resume may change."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict) and key != "files":
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk(cfg.to_dict(), "")
-    return {k: v for k, v in flat.items() if not k.startswith(RESUMABLE_CHANGES)}
+    return {k: v for k, v in cfg.flat().items() if not k.startswith(RESUMABLE_CHANGES)}
 
 
 def check_outputs(cfg: Config, resume: bool, overwrite: bool) -> list[str]:
@@ -504,45 +499,51 @@ def run_train(
     # the log is appended to (a resumed run continues it) by rank 0 only, and closed on any exit
     log_file = run.log_path.open("a") if run.ctx.is_main else nullcontext()
     stop = False
-    with ui.progress("train", run.total_steps, every=t.logging_steps) as advance, log_file as log:
-        advance(step)
-        while step < run.total_steps and totals.stopped_early is None:  # a resumed early stop stays stopped
-            epoch = step // per_epoch
-            # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same
-            # batches
-            batches = batch_indices(
-                len(run.train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
-                lengths=run.train_data.lengths if t.group_by_length else None,
-                min_size=run.ctx.world * t.grad_accum,
-            )  # fmt: skip
-            for global_batch in batches[step - epoch * per_epoch :]:
-                result = train_step(run, global_batch, step, timer)
-                step += 1
-                totals.add(result)
-                if log is not None:
-                    log.write(json.dumps(log_record(step, per_epoch, result)) + "\n")
-                    log.flush()  # a line at a time: a kill leaves at most the last line torn
-                rate = totals.samples / (time.perf_counter() - loop_start)
-                advance(
-                    1,
-                    info=f"epoch {step / per_epoch:.2f}  loss {result.loss:.4f}  lr {result.lr:.2e}  "
-                    f"{rate:.1f} samples/s",
-                )
-                stop = after_step(run, step, totals, loop_start)
-                if stop or step >= run.total_steps:
+    # the trackers end with the run: finished after the summary, or marked failed by an exception
+    with run.tracker.session(tracking.params(cfg, run.plan), step):
+        with ui.progress("train", run.total_steps, every=t.logging_steps) as advance, log_file as log:
+            advance(step)
+            # a resumed early stop stays stopped
+            while step < run.total_steps and totals.stopped_early is None:
+                epoch = step // per_epoch
+                # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same
+                # batches
+                batches = batch_indices(
+                    len(run.train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
+                    lengths=run.train_data.lengths if t.group_by_length else None,
+                    min_size=run.ctx.world * t.grad_accum,
+                )  # fmt: skip
+                for global_batch in batches[step - epoch * per_epoch :]:
+                    result = train_step(run, global_batch, step, timer)
+                    step += 1
+                    totals.add(result)
+                    if log is not None:
+                        log.write(json.dumps(log_record(step, per_epoch, result)) + "\n")
+                        log.flush()  # a line at a time: a kill leaves at most the last line torn
+                    rate = totals.samples / (time.perf_counter() - loop_start)
+                    advance(
+                        1,
+                        info=f"epoch {step / per_epoch:.2f}  loss {result.loss:.4f}  lr {result.lr:.2e}  "
+                        f"{rate:.1f} samples/s",
+                    )
+                    if step % t.logging_steps == 0 or step == run.total_steps:  # the progress line's cadence
+                        run.tracker.log(train_metrics(result, step / per_epoch, rate), step)
+                    stop = after_step(run, step, totals, loop_start)
+                    if stop or step >= run.total_steps:
+                        break
+                if stop:
                     break
-            if stop:
-                break
-    totals.train_seconds = time.perf_counter() - loop_start
-    if run.cache is not None:
-        run.prefix["cache"] = {"store": run.prefix["cache_store"], **run.cache.report()}
-        run.cache.close()
-    weights = cfg.run_dir / run.adapted.weights_dir
-    if run.ctx.is_main:
-        save_weights(run, totals, weights)
-    barrier()  # the weights are on disk before any rank reports the run done
-    doc = summary(run, step, totals, started, artifacts.folder_hash(weights), host)
-    doc = artifacts.finish_stage(cfg, "train_summary", doc, run.ctx.is_main)
+        totals.train_seconds = time.perf_counter() - loop_start
+        if run.cache is not None:
+            run.prefix["cache"] = {"store": run.prefix["cache_store"], **run.cache.report()}
+            run.cache.close()
+        weights = cfg.run_dir / run.adapted.weights_dir
+        if run.ctx.is_main:
+            save_weights(run, totals, weights)
+        barrier()  # the weights are on disk before any rank reports the run done
+        doc = summary(run, step, totals, started, artifacts.folder_hash(weights), host)
+        doc = artifacts.finish_stage(cfg, "train_summary", doc, run.ctx.is_main)
+        run.tracker.finish(doc)
     if aside is not None and run.ctx.is_main:
         runfolder.remove(aside, cfg.run_dir)  # the replacement has finished: the earlier run may go
     return doc
@@ -621,6 +622,13 @@ def log_record(step: int, steps_per_epoch: int, result: StepResult) -> dict[str,
     }
 
 
+def train_metrics(result: StepResult, epoch: float, samples_per_second: float) -> dict[str, float]:
+    """What the trackers get every train.logging_steps: the progress line's numbers."""
+    extra = {} if result.regularizer is None else {"train/regularizer": result.regularizer}
+    return {"train/loss": result.loss, **extra, "train/lr": result.lr, "train/epoch": epoch,
+            "train/samples_per_second": samples_per_second}  # fmt: skip
+
+
 def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
     """Validation metrics at an epoch end, into the history (every rank takes part: the logits are
     gathered); after the last step, the first split's per-example predictions go to predictions.json (paired
@@ -639,6 +647,7 @@ def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
     totals.eval_seconds += time.perf_counter() - began
     epoch = round(step / run.steps_per_epoch, 4)
     totals.history.append({"step": step, "epoch": epoch, "metrics": metrics})
+    run.tracker.log({f"eval/{s}/{k}": v for s, m in metrics.items() for k, v in m.items()}, step)
     shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
     ui.note(f"step {step} (epoch {step / run.steps_per_epoch:.2f}): {shown}")
 
