@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from . import ui
 from .config import PACKAGED_PREFIX, ModelSection
 from .errors import ModelError, Problem
 
@@ -356,6 +357,7 @@ def load_for(
     """Tokenizer, model (on ``device``, the one distributed.setup chose) and its located architecture; the
     weights come from ``model_cfg`` when given (a fully fine-tuned model beside its base's tokenizer)."""
     start = time.perf_counter()
-    tokenizer = load_tokenizer(cfg)
-    model = load_model(model_cfg or cfg, num_labels, device, pad_token_id=tokenizer.pad_token_id)
+    with ui.status(f"loading {(model_cfg or cfg).name} ..."):
+        tokenizer = load_tokenizer(cfg)
+        model = load_model(model_cfg or cfg, num_labels, device, pad_token_id=tokenizer.pad_token_id)
     return Loaded(model, tokenizer, locate(model), device, time.perf_counter() - start)
