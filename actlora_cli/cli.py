@@ -123,11 +123,11 @@ def _handled(debug: bool, resume: str | None = None):
     try:
         yield
     except KeyboardInterrupt:
-        ui.err.print("[bold red]interrupted[/]")
+        ui.tell("[bold red]interrupted[/]")  # by rank 0: under torchrun every rank is interrupted
         if resume is not None:
             args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
             again = "actlora " + shlex.join(args) + (" --resume" if resume == "flag" else "")
-            ui.err.print(f"  continue from the last checkpoint with: {again}")
+            ui.tell(f"  continue from the last checkpoint with: {again}")
         raise typer.Exit(130) from None  # 128 + SIGINT, as shells report it
     except ActloraError as exc:
         if debug or os.environ.get("ACTLORA_DEBUG") == "1":

@@ -493,6 +493,18 @@ class TrainSection(Section):
     save_total_limit: int | None = Field(
         None, ge=1, description="Keep at most N checkpoints/step-* weight copies (the oldest go)."
     )
+    final_weights: Literal["last", "best"] = Field(
+        "last",
+        description="What the run's adapter/ (model/) holds at the end: the last step's weights, or the best "
+        "evaluation's (the first metric of the first split; each new best keeps a checkpoints/step-N copy, "
+        "and the summary records which step, metric and value).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute the activations of the layers from the lowest adapted one up during the "
+        "backward instead of keeping them (less memory, about one more forward of that span per step); "
+        "non-reentrant, so the backward still stops at the lowest adapted layer.",
+    )
     logging_steps: int = Field(
         50,
         ge=1,

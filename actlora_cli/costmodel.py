@@ -177,6 +177,8 @@ def settings_differ(doc: dict[str, Any], cfg, device_type: str) -> list[str]:
         "train.grad_accum": (doc.get("grad_accum"), t.grad_accum),
         "train.group_by_length": (doc.get("group_by_length"), t.group_by_length),
         "train.precision": (doc.get("precision"), t.precision),
+        # profile times steps without it; checkpointing adds a recomputed forward of the adapted span
+        "train.gradient_checkpointing": (False, t.gradient_checkpointing),
         "device": (str(doc.get("device", "")).split(":")[0], device_type),
     }
     return [f"{key} {a} -> {b}" for key, (a, b) in pairs.items() if a != b]

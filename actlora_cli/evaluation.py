@@ -40,10 +40,16 @@ def _gather(array: np.ndarray, ctx: Dist) -> list[np.ndarray]:
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, data: Encoded, batch_size: int, ctx: Dist, autocast: Callable = nullcontext
+    model: torch.nn.Module,
+    data: Encoded,
+    batch_size: int,
+    ctx: Dist,
+    autocast: Callable = nullcontext,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Logits for every example in order; under DDP each rank scores its shard and the shards are gathered.
-    Each rank runs its share longest first, so a batch pads little (the outputs go back to their examples)."""
+    Each rank runs its share longest first, so a batch pads little (the outputs go back to their examples).
+    ``progress`` names a progress bar over rank 0's batches (none inside training's own bar)."""
     model.eval()
     order = list(range(len(data)))
 
@@ -51,13 +57,17 @@ def predict(
         return sorted(shard(order, rank, ctx.world), key=lambda i: -len(data.input_ids[i]))
 
     mine = share(ctx.rank)
+    starts = range(0, len(mine), batch_size)
     outputs = []
-    for start in range(0, len(mine), batch_size):
-        batch = collate(data, mine[start : start + batch_size])
-        batch.pop("labels")
-        with autocast():
-            logits = model(**{k: v.to(ctx.device) for k, v in batch.items()}).logits
-        outputs.append(logits.float().cpu().numpy())
+    shown = ui.progress(progress, len(starts)) if progress else nullcontext(lambda *a, **k: None)
+    with shown as advance:
+        for start in starts:
+            batch = collate(data, mine[start : start + batch_size])
+            batch.pop("labels")
+            with autocast():
+                logits = model(**{k: v.to(ctx.device) for k, v in batch.items()}).logits
+            outputs.append(logits.float().cpu().numpy())
+            advance()
     local = np.concatenate(outputs) if outputs else np.zeros((0, 1), dtype=np.float32)
     logits = np.zeros((len(data), local.shape[1] if len(local) else 1), dtype=np.float32)
     for rank, part in enumerate(_gather(local, ctx)):
@@ -72,8 +82,9 @@ def evaluate_metrics(
     batch_size: int,
     ctx: Dist,
     autocast: Callable = nullcontext,
+    progress: str | None = None,
 ) -> dict[str, float]:
-    logits = predict(model, data, batch_size, ctx, autocast)
+    logits = predict(model, data, batch_size, ctx, autocast, progress)
     return metrics.evaluate(spec.metrics, logits, data.labels.numpy(), spec.is_regression)
 
 
@@ -240,7 +251,8 @@ def run_eval(cfg: Config, timing_batches: int = 50) -> dict[str, Any]:
     splits = eval_splits(cfg.task, spec)
     data = {s: encoded_split(loaded.tokenizer, cfg.task, spec, s) for s in splits}
     results = {
-        s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx, autocast) for s, d in data.items()
+        s: evaluate_metrics(model, d, spec, cfg.train.eval_batch_size, ctx, autocast, progress=f"eval {s}")
+        for s, d in data.items()
     }
     first = data[splits[0]]
     timing = {}

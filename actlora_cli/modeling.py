@@ -18,9 +18,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from . import packaged
+from . import packaged, ui
 from .config import PACKAGED_PREFIX, ModelSection
-from .errors import ModelError, Problem
+from .errors import ConfigError, ModelError, Problem
 
 # Leaf names of each logical projection inside a layer, across families.
 PROJECTION_NAMES: dict[str, tuple[str, ...]] = {
@@ -337,6 +337,39 @@ def load_for(
     """Tokenizer, model (on ``device``, the one distributed.setup chose) and its located architecture; the
     weights come from ``model_cfg`` when given (a fully fine-tuned model beside its base's tokenizer)."""
     start = time.perf_counter()
-    tokenizer = load_tokenizer(cfg)
-    model = load_model(model_cfg or cfg, num_labels, device, pad_token_id=tokenizer.pad_token_id)
+    with ui.status(f"loading {(model_cfg or cfg).name} ..."):
+        tokenizer = load_tokenizer(cfg)
+        model = load_model(model_cfg or cfg, num_labels, device, pad_token_id=tokenizer.pad_token_id)
     return Loaded(model, tokenizer, locate(model), device, time.perf_counter() - start)
+
+
+def checkpoint_layers(model: nn.Module, arch: Architecture, lowest: int) -> list[int]:
+    """train.gradient_checkpointing: layers ``lowest`` and up (every layer the backward passes through) keep
+    only their inputs in the forward and recompute the rest in the backward, through
+    ``torch.utils.checkpoint`` without reentrancy; returns those layers.
+
+    Not ``model.gradient_checkpointing_enable()``: for a text model it also calls
+    ``enable_input_require_grads()``, which makes the embeddings' output require grad and takes the backward
+    down to layer 0, undoing the cut; and reentrant checkpointing (peft's and older transformers' default)
+    needs an input that requires grad for the same reason. The non-reentrant kind needs neither, so the
+    layers below ``lowest`` stay out of the graph as without checkpointing. The switch set here, per layer, is
+    the one transformers' own enable sets on its ``GradientCheckpointingLayer``s."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    span = list(range(lowest, arch.num_layers))
+    for i in span:
+        layer = inner.get_submodule(arch.layer_path(i))
+        if not isinstance(layer, GradientCheckpointingLayer):
+            raise ConfigError([Problem(
+                "train.gradient_checkpointing",
+                f"{type(layer).__name__} ({arch.model_type}) does not support activation checkpointing in "
+                "this transformers version",
+                "set train.gradient_checkpointing=false",
+            )])  # fmt: skip
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    return span

@@ -173,6 +173,9 @@ def train_summary(doc: dict[str, Any], run_dir: Path) -> None:
         "trainable parameters", f"{doc['trainable_parameters']:,} ({100 * doc['trainable_share']:.3f}%)"
     )
     table.add_row("steps / epochs", f"{doc['steps']} / {doc['epochs']}")
+    kept = doc.get("weights") or {}
+    if kept.get("from") == "best":  # train.final_weights=best: the metrics above are that evaluation's
+        table.add_row("weights kept", f"best: step {kept['step']}, {kept['metric']} {kept['value']:.4f}")
     table.add_row("samples/s", f"{doc['samples_per_second']}")
     ms = doc["mean_step_ms"]
     table.add_row(

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from . import artifacts, ui
+from . import artifacts
 from .config import Config
 from .data import Examples, encode, task_spec
 from .distributed import Dist, setup
@@ -77,9 +76,7 @@ def run_predict(
     texts = [[row[f] for row in rows] for f in spec.text_fields]
     data = encode(loaded.tokenizer, Examples(texts, [0] * len(rows)), cfg.task.max_length, spec.is_regression)
     autocast = autocast_context(autocast_settings(cfg.train.precision, ctx.device)[0], ctx.device)
-    with torch.inference_mode(), ui.progress("predict", 1) as advance:
-        logits = predict(model, data, batch_size or cfg.train.eval_batch_size, ctx, autocast)
-        advance()
+    logits = predict(model, data, batch_size or cfg.train.eval_batch_size, ctx, autocast, progress="predict")
     lines = []
     for row, out in zip(rows, logits, strict=True):
         if spec.is_regression:

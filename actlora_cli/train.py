@@ -2,7 +2,8 @@
 accounting per step, PEFT-format checkpoints and exact resume.
 
 ``run_train`` reads top to bottom: set up (model, plan, data, method, optimizer), resume or start, the loop
-(``train_step`` per optimizer step, a log line, epoch-end evaluation and checkpoint), the summary. Under
+(``train_step`` per optimizer step, a log line, epoch-end evaluation and checkpoint; Ctrl-C stops it after
+a whole step with a checkpoint, see interrupt.py), the kept weights (the last or the best), the summary. Under
 torchrun the same function runs on every rank (DDP wraps the model after the plan is applied); rank 0 writes.
 """
 
@@ -38,9 +39,10 @@ from .data import (
 from .distributed import Dist, all_reduce_sum, barrier, same_on_all_ranks, setup
 from .errors import ActloraError, ArtifactError, ConfigError, Problem
 from .evaluation import id2label, predict
+from .interrupt import stop_at_step_end
 from .losses import compute_loss
 from .metrics import evaluate as compute_metrics
-from .modeling import Architecture, autocast_context, autocast_settings, load_for
+from .modeling import Architecture, autocast_context, autocast_settings, checkpoint_layers, load_for
 from .prefix_cache import PrefixCache, frozen_prefix
 from .rank import resolve_plan
 from .selection import Plan
@@ -107,6 +109,7 @@ class Run:
     trainable: int
     total: int
     tracker: tracking.Tracking  # train.report_to's trackers (none on ranks other than 0)
+    checkpointed: list[int]  # layers recomputed in the backward (train.gradient_checkpointing)
     tokenizer: Any = None  # saved beside the adapter (model_card.complete)
 
     @property
@@ -210,6 +213,8 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
         model, loaded.arch, plan.layers, t, train_data.lengths, amp_dtype,
         cfg.run_dir / f"prefix_cache.rank{ctx.rank}.bin", ctx.device, cfg.lora.method,
     )  # fmt: skip
+    # after the method is applied: peft makes the inputs require grad when it wraps a checkpointing model
+    checkpointed = checkpoint_layers(model, loaded.arch, min(plan.layers)) if t.gradient_checkpointing else []
     ddp_model = model
     if ctx.enabled:
         # every trainable parameter is used in every step, so DDP need not search for unused ones
@@ -227,7 +232,7 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     return Run(
         cfg, ctx, spec, loaded.arch, plan, ranks_agreeing, train_data, eval_data, steps_per_epoch,
         total_steps, adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype,
-        autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total, tracker,
+        autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total, tracker, checkpointed,
         loaded.tokenizer,
     )  # fmt: skip
 
@@ -266,9 +271,12 @@ OUTPUTS = (
 
 # Settings that do not change what a run learns, so a resume may differ in them: where it is written, the
 # probe (the plan itself is compared), when it stops or saves, how it is evaluated, and where it reports.
+# Gradient checkpointing recomputes the same forward with the same dropout draws (torch restores the RNG for
+# the recomputation), so a run that ran out of memory may resume with it on.
 RESUMABLE_CHANGES = ("output_dir", "probe.", "rank.", "train.max_steps", "train.save_every",
                      "train.eval_batch_size", "train.logging_steps", "train.eval_steps", "train.patience",
-                     "train.save_total_limit", "train.report_to", "train.run_name", "task.max_eval_examples",
+                     "train.save_total_limit", "train.report_to", "train.run_name",
+                     "train.gradient_checkpointing", "task.max_eval_examples",
                      "task.eval_split")  # fmt: skip
 
 
@@ -420,9 +428,11 @@ def forward_backward(
         # DDP all-reduces gradients during backward: only the last micro-batch needs it, the others only add
         # to .grad locally, so their sync is skipped
         skip_sync = ctx.enabled and i < last
-        with run.ddp_model.no_sync() if skip_sync else nullcontext():
-            cached = run.cache.around(batch_rows) if run.cache else nullcontext()
-            with run.autocast(), cached:
+        # the prefix cache's hooks stay through the backward: where transformers runs a checkpointed layer's
+        # hooks inside the checkpoint (older versions do), its recomputation must see the replayed input again
+        cached = run.cache.around(batch_rows) if run.cache else nullcontext()
+        with run.ddp_model.no_sync() if skip_sync else nullcontext(), cached:
+            with run.autocast():
                 logits = run.ddp_model(**batch).logits
             # sum over this rank's share, scaled so that DDP's average over ranks is the mean over the global
             # batch whatever the shares' sizes (a per-rank mean would weight them unequally)
@@ -500,48 +510,58 @@ def run_train(
     log_file = run.log_path.open("a") if run.ctx.is_main else nullcontext()
     stop = False
     # the trackers end with the run: finished after the summary, or marked failed by an exception
-    with run.tracker.session(tracking.params(cfg, run.plan), step):
-        with ui.progress("train", run.total_steps, every=t.logging_steps) as advance, log_file as log:
-            advance(step)
-            # a resumed early stop stays stopped
-            while step < run.total_steps and totals.stopped_early is None:
-                epoch = step // per_epoch
-                # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same
-                # batches
-                batches = batch_indices(
-                    len(run.train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
-                    lengths=run.train_data.lengths if t.group_by_length else None,
-                    min_size=run.ctx.world * t.grad_accum,
-                )  # fmt: skip
-                for global_batch in batches[step - epoch * per_epoch :]:
-                    result = train_step(run, global_batch, step, timer)
-                    step += 1
-                    totals.add(result)
-                    if log is not None:
-                        log.write(json.dumps(log_record(step, per_epoch, result)) + "\n")
-                        log.flush()  # a line at a time: a kill leaves at most the last line torn
-                    rate = totals.samples / (time.perf_counter() - loop_start)
-                    advance(
-                        1,
-                        info=f"epoch {step / per_epoch:.2f}  loss {result.loss:.4f}  lr {result.lr:.2e}  "
-                        f"{rate:.1f} samples/s",
-                    )
-                    if step % t.logging_steps == 0 or step == run.total_steps:  # the progress line's cadence
-                        run.tracker.log(train_metrics(result, step / per_epoch, rate), step)
-                    stop = after_step(run, step, totals, loop_start)
-                    if stop or step >= run.total_steps:
-                        break
-                if stop:
+    with (
+        run.tracker.session(tracking.params(cfg, run.plan), step),
+        ui.progress("train", run.total_steps, every=t.logging_steps) as advance,
+        log_file as log,
+        stop_at_step_end(run.ctx) as interrupt_requested,  # Ctrl-C: see interrupt.py
+    ):
+        advance(step)
+        while step < run.total_steps and totals.stopped_early is None:  # a resumed early stop stays stopped
+            epoch = step // per_epoch
+            # the epoch's order is a function of the seed and the epoch, so a resumed run sees the same
+            # batches
+            batches = batch_indices(
+                len(run.train_data), t.batch_size, shuffle=True, seed=t.seed + epoch,
+                lengths=run.train_data.lengths if t.group_by_length else None,
+                min_size=run.ctx.world * t.grad_accum,
+            )  # fmt: skip
+            for global_batch in batches[step - epoch * per_epoch :]:
+                result = train_step(run, global_batch, step, timer)
+                step += 1
+                totals.add(result)
+                if log is not None:
+                    log.write(json.dumps(log_record(step, per_epoch, result)) + "\n")
+                    log.flush()  # a line at a time: a kill leaves at most the last line torn
+                rate = totals.samples / (time.perf_counter() - loop_start)
+                advance(
+                    1,
+                    info=f"epoch {step / per_epoch:.2f}  loss {result.loss:.4f}  lr {result.lr:.2e}  "
+                    f"{rate:.1f} samples/s",
+                )
+                if step % t.logging_steps == 0 or step == run.total_steps:  # the progress line's cadence
+                    run.tracker.log(train_metrics(result, step / per_epoch, rate), step)
+                # asked on every rank at every step (an all-reduce under torchrun): all stop after one step
+                interrupted = interrupt_requested() and step < run.total_steps
+                stop = after_step(run, step, totals, loop_start, interrupted)
+                if interrupted and not stop:  # an early stop at this step finishes the run instead
+                    last = run.ckpt_dir / "last"
+                    ui.tell(f"interrupted after step {step} of {run.total_steps}: its checkpoint is {last}")
+                    raise KeyboardInterrupt
+                if stop or step >= run.total_steps:
                     break
+            if stop:
+                break
         totals.train_seconds = time.perf_counter() - loop_start
         if run.cache is not None:
             run.prefix["cache"] = {"store": run.prefix["cache_store"], **run.cache.report()}
             run.cache.close()
         weights = cfg.run_dir / run.adapted.weights_dir
+        kept = kept_weights(run, step, totals)
         if run.ctx.is_main:
-            save_weights(run, totals, weights)
+            save_weights(run, totals, weights, kept)
         barrier()  # the weights are on disk before any rank reports the run done
-        doc = summary(run, step, totals, started, artifacts.folder_hash(weights), host)
+        doc = summary(run, step, totals, started, artifacts.folder_hash(weights), host, kept)
         doc = artifacts.finish_stage(cfg, "train_summary", doc, run.ctx.is_main)
         run.tracker.finish(doc)
     if aside is not None and run.ctx.is_main:
@@ -549,12 +569,45 @@ def run_train(
     return doc
 
 
-def save_weights(run: Run, totals: Totals, weights: Path) -> None:
-    """The trained weights; an adapter folder also gets the tokenizer, the labels, a portable base reference
-    and a model card (model_card.complete); a full model/ is complete as saved."""
-    run.adapted.save(weights)
+def kept_weights(run: Run, step: int, totals: Totals) -> dict[str, Any]:
+    """Which weights the run's adapter/ (model/) gets: the last step's, or with train.final_weights=best the
+    best evaluation's step copy (``after_step`` keeps one for each new best). A best copy that is missing (a
+    crash between the checkpoint and its copy, or a copy deleted by hand) falls back to the last, with a
+    warning and the reason recorded."""
+    last = {"from": "last", "step": step}
+    if run.cfg.train.final_weights == "last":
+        return last
+    best = totals.best
+    if best is None or math.isnan(best["value"]):
+        return {**last, "best_missing": "no evaluation with a number to compare"}
+    copy = run.ckpt_dir / f"step-{best['step']}"
+    if not (copy / "adapter_config.json").is_file() and not (copy / "config.json").is_file():
+        why = f"{copy} is missing"
+        ui.warn(f"train.final_weights=best: {why}; the run keeps the last step's weights")
+        return {**last, "best_missing": why}
+    return {"from": "best", "step": best["step"], "metric": best["metric"], "value": best["value"],
+            "copy": str(copy)}  # fmt: skip
+
+
+def kept_metrics(totals: Totals, kept: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation of the kept weights' step (the last evaluation's when that step had none)."""
+    at = [h for h in totals.history if h["step"] == kept["step"]] or totals.history[-1:]
+    return at[-1]["metrics"] if at else {}
+
+
+def save_weights(run: Run, totals: Totals, weights: Path, kept: dict[str, Any]) -> None:
+    """The kept weights (``kept_weights``: the model's last state, or the best evaluation's step copy); an
+    adapter folder also gets the tokenizer, the labels, a portable base reference and a model card
+    (model_card.complete); a full model/ is complete as saved."""
+    if kept["from"] == "best":
+        # the copy as the method saved it (AdaLoRA's is cut to its rank pattern: it does not load back into
+        # the training model, so the files are copied rather than loaded and saved again)
+        shutil.rmtree(weights, ignore_errors=True)
+        shutil.copytree(kept["copy"], weights)
+    else:
+        run.adapted.save(weights)
     if run.cfg.lora.method != "full":
-        final = totals.history[-1]["metrics"] if totals.history else {}
+        final = kept_metrics(totals, kept)
         model_card.complete(
             weights, tokenizer=run.tokenizer, model_name=run.cfg.model.name, method=run.cfg.lora.method,
             task=run.spec.name, labels=model_card.label_record(run.spec.num_labels, run.spec.label_names),
@@ -563,19 +616,28 @@ def save_weights(run: Run, totals: Totals, weights: Path) -> None:
     runfolder.mark(weights)
 
 
-def after_step(run: Run, step: int, totals: Totals, loop_start: float) -> bool:
-    """Evaluation (at epoch ends, and every train.eval_steps), early stopping, checkpoints; True when the run
-    stops early (train.patience evaluations without a better first metric)."""
+def after_step(run: Run, step: int, totals: Totals, loop_start: float, interrupted: bool = False) -> bool:
+    """Evaluation (at epoch ends, and every train.eval_steps), early stopping, checkpoints (also when the run
+    is ``interrupted`` after this step); True when the run stops early (train.patience evaluations without a
+    better first metric)."""
     t = run.cfg.train
     epoch_done = step % run.steps_per_epoch == 0 or step == run.total_steps
     evaluate = epoch_done or (t.eval_steps is not None and step % t.eval_steps == 0)
-    stop = False
+    stop = new_best = False
     if evaluate:
-        evaluate_epoch(run, step, totals)
+        predictions = evaluate_epoch(run, step, totals)
+        before = totals.best
         stop = no_longer_improving(run, step, totals)
-    if evaluate or stop or (t.save_every is not None and step % t.save_every == 0):
+        new_best = totals.best is not before
+        # of the weights the run keeps: the latest evaluation's (the last when the run ends), or the best's
+        if run.ctx.is_main and (t.final_weights == "last" or new_best):
+            artifacts.atomic_write_text(run.cfg.run_dir / "predictions.json", json.dumps(predictions))
+    saving = interrupted or (t.save_every is not None and step % t.save_every == 0)
+    if evaluate or stop or saving:
         totals.train_seconds = time.perf_counter() - loop_start
-        checkpoint(run, step, totals, keep_step_copy=epoch_done or stop)
+        # with train.final_weights=best, each new best keeps its step copy: the weights the run ends with
+        keep = epoch_done or stop or (new_best and t.final_weights == "best")
+        checkpoint(run, step, totals, keep_step_copy=keep)
     return stop
 
 
@@ -629,20 +691,21 @@ def train_metrics(result: StepResult, epoch: float, samples_per_second: float) -
             "train/samples_per_second": samples_per_second}  # fmt: skip
 
 
-def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
+def evaluate_epoch(run: Run, step: int, totals: Totals) -> dict[str, Any]:
     """Validation metrics at an epoch end, into the history (every rank takes part: the logits are
-    gathered); after the last step, the first split's per-example predictions go to predictions.json (paired
-    comparisons of runs on the same examples, error analysis)."""
+    gathered); returns the first split's per-example predictions, which ``after_step`` writes to
+    predictions.json when they are of the weights the run keeps (paired comparisons of runs on the same
+    examples, error analysis)."""
     began = time.perf_counter()
-    metrics = {}
+    metrics, predictions = {}, {}
     for i, (split, data) in enumerate(run.eval_data.items()):
         logits = predict(run.model, data, run.cfg.train.eval_batch_size, run.ctx, run.autocast)
         labels = data.labels.numpy()
         metrics[split] = compute_metrics(run.spec.metrics, logits, labels, run.spec.is_regression)
-        if i == 0 and run.ctx.is_main:  # the latest evaluation's: the final one when the run ends
+        if i == 0:
             predicted = logits[:, 0] if run.spec.is_regression else logits.argmax(axis=-1)
-            doc = {"split": split, "step": step, "labels": labels.tolist(), "predictions": predicted.tolist()}
-            artifacts.atomic_write_text(run.cfg.run_dir / "predictions.json", json.dumps(doc))
+            predictions = {"split": split, "step": step, "labels": labels.tolist(),
+                           "predictions": predicted.tolist()}  # fmt: skip
     run.ddp_model.train()  # evaluation left the model in eval mode
     totals.eval_seconds += time.perf_counter() - began
     epoch = round(step / run.steps_per_epoch, 4)
@@ -650,6 +713,7 @@ def evaluate_epoch(run: Run, step: int, totals: Totals) -> None:
     run.tracker.log({f"eval/{s}/{k}": v for s, m in metrics.items() for k, v in m.items()}, step)
     shown = ", ".join(f"{s}: " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for s, m in metrics.items())
     ui.note(f"step {step} (epoch {step / run.steps_per_epoch:.2f}): {shown}")
+    return predictions
 
 
 def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> None:
@@ -675,7 +739,7 @@ def checkpoint(run: Run, step: int, totals: Totals, keep_step_copy: bool) -> Non
 
 
 def summary(
-    run: Run, step: int, totals: Totals, started: float, weights_hash: str, host: HostLoad
+    run: Run, step: int, totals: Totals, started: float, weights_hash: str, host: HostLoad, kept: dict
 ) -> dict[str, Any]:
     """train_summary.json's payload: the plan, the method, parameters, metrics and the cost account."""
     cfg, ctx, plan = run.cfg, run.ctx, run.plan
@@ -692,17 +756,20 @@ def summary(
         "method": cfg.lora.method,
         "method_settings": run.adapted.settings,
         "weights_hash": weights_hash,  # eval.json records the hash it measured: compare checks they agree
+        # which step's weights adapter/ holds (train.final_weights), and for the best, its metric and value
+        "weights": {k: v for k, v in kept.items() if k != "copy"},
         "lora": cfg.lora.model_dump(),
         "trainable_parameters": run.trainable,
         "total_parameters": run.total,
         "trainable_share": run.trainable / run.total,
         "steps": step,
         "epochs": round(step / run.steps_per_epoch, 4),
-        "final_metrics": totals.history[-1]["metrics"] if totals.history else {},
+        "final_metrics": kept_metrics(totals, kept),  # of the weights adapter/ holds
         "best": totals.best,
         "stopped_early": totals.stopped_early,
         "history": totals.history,
         "frozen_prefix": run.prefix,
+        "gradient_checkpointing": {"layers": run.checkpointed} if run.checkpointed else None,
         "mean_step_ms": {p: round(v / steps_run, 3) for p, v in zip(phases, totals.phase_ms, strict=True)},
         "train_seconds": round(seconds, 3),
         "eval_seconds": round(totals.eval_seconds, 3),

@@ -80,6 +80,27 @@ def note(message: str) -> None:
         err.print(message)
 
 
+def tell(message: str) -> None:
+    """A message on stderr in every mode, by rank 0 only: what the user asked for happened (a Ctrl-C's
+    checkpoint)."""
+    if main_rank():
+        err.print(message)
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """While something slow without steps runs (loading a model): a spinner with ``message`` on a terminal,
+    the message as one plain line otherwise; nothing when quiet."""
+    if quiet():
+        yield
+    elif err.is_terminal:
+        with err.status(message):
+            yield
+    else:
+        print(message, file=sys.stderr, flush=True)
+        yield
+
+
 def warn(message: str) -> None:
     """A warning on stderr, shown under --quiet and --json too; by rank 0 only (all ranks would repeat it)."""
     if main_rank():

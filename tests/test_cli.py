@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from actlora_cli.cli import app
+from actlora_cli.config import Config
 from tests.conftest import NUM_LAYERS, tiny_config
 
 runner = CliRunner()
@@ -190,3 +191,31 @@ def test_padding_to_max_length_changes_shapes_not_scores(tmp_path, bert_cfg):
     cfg = load_config(bert_cfg, ["task.padding=max_length"])
     data = encoded_split(load_tokenizer(cfg.model), cfg.task, task_spec(cfg.task), "train")
     assert collate(data, [0, 1, 2])["input_ids"].shape == (3, 32)
+
+
+def test_eval_progress_goes_to_stderr_and_json_keeps_stdout_clean(tmp_path, tiny_models, tiny_task):
+    """Not a terminal (the runner's streams): the model load and the metric pass show as plain lines on
+    stderr; under --json stdout holds the one document and stderr no progress."""
+    from actlora_cli import ui
+    from actlora_cli.train import run_train
+
+    cfg = tiny_config(
+        tiny_models["bert"], tiny_task, tmp_path / "run", rank={"k": "all"}, train={"max_steps": 1}
+    )
+    path = _write(tmp_path, cfg)
+    with ui.output_mode(quiet=True):
+        run_train(Config.model_validate(cfg))
+
+    result = runner.invoke(app, ["eval", "-c", path])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert f"loading {tiny_models['bert']} ..." in lines
+    # 48 validation examples in batches of 16: a line per batch (about every 5 %, at least every batch)
+    passes = [line.split("  ")[0] for line in lines if line.startswith("eval validation")]
+    assert passes == ["eval validation 1/3", "eval validation 2/3", "eval validation 3/3"]
+    assert "eval validation" not in result.stdout and "loading" not in result.stdout
+
+    result = runner.invoke(app, ["eval", "-c", path, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert "eval validation" not in result.stderr and "loading" not in result.stderr
