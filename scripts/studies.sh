@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the committed studies in results/studies/minilm/ (packaged MiniLM, packaged sentiment data):
-# seed stability, task agreement, correlation with ablation importance, tau thresholds. About 15 minutes on a
+# seed stability, task agreement, correlation with ablation importance, tau thresholds (and, last, the same
+# probe-side studies on the 30-layer SmolLM2-135M in results/studies/smollm2/). About 15 minutes on a
 # 2-core CPU. Each command is the documented one; nothing here is special to these results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,9 @@ actlora study stability   --config "$CFG" --set probe.steps=$S --scorers activat
 actlora study tasks       --config "$CFG" --set probe.steps=$S --tasks movies,tweets,amazon,nyt --out "$OUT"
 actlora probe --config "$CFG" -o runs/minilm_movies_demo
 actlora study thresholds  --config "$CFG" -o runs/minilm_movies_demo --out "$OUT"
+# The 30-layer packaged SmolLM2-135M (results/studies/smollm2/; see its README.md): about an hour on a busy
+# 2-core CPU, most of it the gradient probes.
+SMOL=configs/smollm2_135m_movies.yaml
+SOUT=results/studies/smollm2
+actlora study stability   --config "$SMOL" --scorers activation_norm,grad_norm,cka --seeds 3 --ks 3,6,10 --out "$SOUT"
+actlora study thresholds  --config "$SMOL" -o "$SOUT/scores/activation_norm_seed0" --out "$SOUT"
