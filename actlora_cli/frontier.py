@@ -216,7 +216,24 @@ def _train_one(
         "prediction": summary.get("prediction"),
         "prefix_cache": (summary.get("frozen_prefix") or {}).get("cache_store"),
         "host": summary.get("host"),
+        "epoch_step_seconds": epoch_step_seconds(
+            folder / "train_log.jsonl", summary["steps"] / summary["epochs"]
+        ),
         "correct": correct,
+    }
+
+
+def epoch_step_seconds(log_path: Path, steps_per_epoch: float) -> dict[str, float | None]:
+    """Mean timed step (forward + backward + optimizer, s) of the first epoch and of the later ones, from
+    train_log.jsonl: the frozen-prefix cache serves only the later epochs, so their cost is its effect."""
+    first, later = [], []
+    for line in log_path.read_text().splitlines():
+        row = json.loads(line)
+        seconds = (row["forward_ms"] + row["backward_ms"] + row["optimizer_ms"]) / 1000
+        (first if row["step"] <= steps_per_epoch else later).append(seconds)
+    return {
+        "first_epoch": statistics.fmean(first) if first else None,
+        "later_epochs": statistics.fmean(later) if later else None,
     }
 
 
@@ -283,6 +300,8 @@ def analyse(
             "measured_mean_step_seconds": measured,
             "measured_over_predicted": measured / predicted if predicted else None,
             "trainable_parameters": runs[0]["trainable_parameters"],
+            **{f"{part}_step_seconds": _mean_or_none(r.get("epoch_step_seconds", {}).get(part) for r in runs)
+               for part in ("first_epoch", "later_epochs")},
         })  # fmt: skip
     front = fs.pareto_front([p["device_hours"] for p in points], [p["accuracy"] for p in points])
     for i, p in enumerate(points):
@@ -400,6 +419,36 @@ def analyse(
     }
 
 
+def epoch_cost_table(p: dict[str, Any]) -> list[str]:
+    """Mean step time in the first epoch and in the later ones (where the frozen-prefix cache replays the
+    stored prefix), each plan's later epochs as a share of every layer's."""
+    every = next((q for q in p["points"] if "all" in q["strategies"]), None)
+    base = every.get("later_epochs_step_seconds") if every else None
+    rows = []
+    for q in p["points"]:
+        first, later = q.get("first_epoch_step_seconds"), q.get("later_epochs_step_seconds")
+        share = later / base if base and later else None
+        rows.append([str(q["layers"]), _num(first, 3), _num(later, 3), _num(share, 3)])
+    if all(r[2] == "n/a" for r in rows):
+        return []
+    return [
+        "## Step time by epoch",
+        "",
+        "Mean timed step (forward + backward + optimizer), seconds; the later epochs replay the frozen "
+        "prefix where the cache is on.",
+        "",
+        report.markdown_table(
+            ["layers", "epoch 1 step s", "later epochs step s", "later epochs / every layer's"], rows
+        ),
+        "",
+    ]
+
+
+def _mean_or_none(values) -> float | None:
+    values = list(values)
+    return None if not values or any(v is None for v in values) else statistics.fmean(values)
+
+
 def _num(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -467,6 +516,9 @@ def markdown(p: dict[str, Any], folder: Path) -> str:
         if pr
         else "No cost profile was made (--no-profile): no predicted step times.",
         "",
+    ]
+    lines += epoch_cost_table(p)
+    lines += [
         "## Per k: guided minus each simpler plan",
         "",
     ]

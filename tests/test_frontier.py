@@ -68,6 +68,34 @@ def test_plan_table_deduplicates_and_labels():
     }
 
 
+def test_epoch_step_seconds_by_hand(tmp_path):
+    from actlora_cli.frontier import epoch_cost_table, epoch_step_seconds
+
+    log = tmp_path / "train_log.jsonl"
+    rows = [(1, 100, 50, 10), (2, 120, 50, 10), (3, 20, 5, 1), (4, 30, 5, 1)]  # 2 steps per epoch
+    keys = ("step", "forward_ms", "backward_ms", "optimizer_ms")
+    log.write_text("".join(json.dumps(dict(zip(keys, row, strict=True))) + "\n" for row in rows))
+    got = epoch_step_seconds(log, 2.0)
+    assert got["first_epoch"] == pytest.approx((0.160 + 0.180) / 2)
+    assert got["later_epochs"] == pytest.approx((0.026 + 0.036) / 2)
+    points = [
+        {
+            "layers": [0, 1],
+            "strategies": ["all"],
+            "first_epoch_step_seconds": 0.2,
+            "later_epochs_step_seconds": 0.2,
+        },
+        {
+            "layers": [1],
+            "strategies": ["last"],
+            "first_epoch_step_seconds": 0.1,
+            "later_epochs_step_seconds": 0.05,
+        },
+    ]
+    table = "\n".join(epoch_cost_table({"points": points}))
+    assert "| [1] | 0.100 | 0.050 | 0.250 |" in table and "| [0, 1] | 0.200 | 0.200 | 1.000 |" in table
+
+
 def test_frontier_refuses_an_unknown_strategy_and_a_budget_without_profile(tmp_path):
     from actlora_cli.errors import ConfigError
 
