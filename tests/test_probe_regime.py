@@ -220,3 +220,11 @@ def test_weight_delta_refuses_the_training_regime(tmp_path):
         Config.model_validate(
             {"probe": {"scorer": "weight_delta", "adapter": str(tmp_path), "regime": "training"}}
         )
+
+
+def test_the_python_api_refuses_the_training_regime():
+    """layer_scores has no task to train on: it says so rather than probing in inference silently."""
+    from actlora_cli.api import layer_scores
+
+    with pytest.raises(ValueError, match="run_probe"):
+        layer_scores(torch.nn.Linear(2, 2), [], regime="training")
