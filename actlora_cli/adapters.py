@@ -9,8 +9,10 @@ itself knows nothing of methods.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -203,6 +205,30 @@ def apply_lora(model: nn.Module, arch: Architecture, lora: LoraSection, layers: 
     """Plain LoRA on ``layers``, whatever lora.method says: the model only, for use outside the training
     loop (the tests build adapted models with it)."""
     return apply_method(model, arch, lora.model_copy(update={"method": "lora"}), layers).model
+
+
+@contextlib.contextmanager
+def lora_inside(
+    model: nn.Module, arch: Architecture, lora: LoraSection, layers: list[int]
+) -> Iterator[Adapted]:
+    """Plain LoRA (lora.targets, r, alpha, dropout) on ``layers`` with the head trainable, as ``apply_method``
+    prepares it for training, inside the block only (the probe's training regime). On exit, error or not, the
+    adapters are unloaded unmerged, the original head modules put back (peft's ``unload`` would leave the
+    trained copies in their place), and every parameter's requires_grad and the training flag restored."""
+    heads = {path: model.get_submodule(path) for path in arch.head_modules}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    adapted = apply_method(model, arch, lora.model_copy(update={"method": "lora"}), layers)
+    try:
+        yield adapted
+    finally:
+        adapted.model.unload()
+        for path, module in heads.items():
+            parent, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent), name, module)
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        model.train(was_training)
 
 
 def peft_config(arch: Architecture, lora: LoraSection, layers: list[int], total_steps: int):

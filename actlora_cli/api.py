@@ -41,6 +41,9 @@ def layer_scores(
     if scorer not in SCORERS:
         raise ValueError(f"unknown scorer '{scorer}'; scorers: {', '.join(SCORERS)}")
     cfg = Config.model_validate({"probe": {"scorer": scorer, **probe}})
+    if cfg.probe.regime != "inference":
+        # a training probe trains on the task (its loss, its head, train.* settings): the probe stage has them
+        raise ValueError("layer_scores probes in the inference regime; for regime='training' use run_probe")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     stat = SCORERS[scorer](model, locate(model), iter(batches), cfg, device)
     scores, flat = min_max(stat.raw)

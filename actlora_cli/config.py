@@ -256,6 +256,14 @@ class ProbeSection(Section):
     )
     batch_size: int = Field(32, ge=1, description="Examples per probe batch.")
     seed: int = Field(0, description="Seed of the probe batches' sampling.")
+    regime: Literal["inference", "training"] = Field(
+        "inference",
+        description="inference: the frozen model in eval mode (the paper's probe, 'executed in inference "
+        "mode'); training: each probe batch is one optimizer step of LoRA on every layer (lora.targets, r, "
+        "alpha, dropout; head trained; AdamW at a constant train.lr; train mode, dropout on), the readings "
+        "taken in that step's forward and backward (the paper's '200 optimizer steps', section 7.3). The "
+        "adapters are removed afterwards; weight_delta reads no data and takes inference only.",
+    )
 
     @field_validator("steps")
     @classmethod
@@ -272,6 +280,11 @@ class ProbeSection(Section):
     @model_validator(mode="after")
     def _weight_delta_needs_adapter(self) -> ProbeSection:
         if self.scorer == "weight_delta":
+            if self.regime == "training":
+                raise ValueError(
+                    "probe.scorer=weight_delta reads a trained adapter and no data: probe.regime=training "
+                    "has nothing to train on; use probe.regime=inference"
+                )
             if self.adapter is None:
                 raise ValueError(
                     "probe.scorer=weight_delta needs probe.adapter (a trained LoRA adapter folder)"

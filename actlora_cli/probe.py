@@ -13,6 +13,7 @@ from .distributed import setup
 from .errors import DataError, Problem
 from .modeling import Loaded, load_for
 from .scoring import SCORERS
+from .scoring.regime import Inference, Training
 from .selection import min_max, min_max_stderr
 from .stopping import AutoStop
 
@@ -64,7 +65,10 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
             f"probing probe.max_steps={p.max_steps} batches"
         )
     with ui.progress(
-        f"probe {p.scorer}" + (f"@{p.site}" if p.scorer == "activation_norm" else ""), most
+        f"probe {p.scorer}"
+        + (f"@{p.site}" if p.scorer == "activation_norm" else "")
+        + (" (training regime)" if p.regime == "training" else ""),
+        most,
     ) as advance:
 
         def batches():
@@ -79,13 +83,16 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
             return True
 
         more = {"stop": stop} if rule is not None else {}
-        stat = scorer(loaded.model, loaded.arch, batches(), cfg, loaded.device, **more)
+        regime = Training(cfg, spec, data) if p.regime == "training" else Inference()
+        stat = scorer(loaded.model, loaded.arch, batches(), cfg, loaded.device, regime=regime, **more)
     scores, flat = min_max(stat.raw)
     if flat:
         ui.warn("every layer has the same statistic; the ranking falls back to layer order")
     doc = {
         "scorer": p.scorer,
         "site": p.site if p.scorer == "activation_norm" else None,
+        # inference: the frozen model; training: each batch an optimizer step of LoRA on every layer
+        "regime": p.regime,
         "model": loaded.arch.identity(cfg.model.name),
         "task": {"name": spec.name, "split": cfg.task.train_split, "max_length": cfg.task.max_length},
         "steps": p.steps,  # as configured: a number, or "auto"
@@ -108,6 +115,12 @@ def run_probe(cfg: Config, loaded: Loaded | None = None) -> dict[str, Any]:
         # per batch and layer, the values raw averages: two layers' difference has a paired standard error
         "raw_per_batch": stat.per_batch,
         "flat": flat,
+        # per projection (gradient scorers, weight delta): raw values and their min-max scores, per target;
+        # null for the scorers that read one value per layer (activation norms, CKA)
+        "raw_by_target": stat.by_target,
+        "scores_by_target": None
+        if stat.by_target is None
+        else {t: min_max(values)[0] for t, values in stat.by_target.items()},
         "undefined_layers": [i for i, v in enumerate(stat.raw) if v is None],
         "device": str(loaded.device),
         "world_size": ctx.world,

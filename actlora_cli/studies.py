@@ -79,9 +79,17 @@ def study_tasks(cfg: Config, tasks: list[str], out: Path) -> dict[str, Any]:
 
 
 def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, Any]:
-    """``cfg.output_dir`` is a run trained with LoRA on every layer, with ablation.json (actlora ablate)."""
+    """``cfg.output_dir`` is a run trained with LoRA on every layer, with ablation.json (actlora ablate).
+
+    Per ablated part (each target, e.g. Q and V, and 'both'), every scorer's vector is correlated with that
+    part's ablation importance (Table 11). A scorer that measures projections (the gradient scorers, the
+    weight delta) gives its reading of that projection alone against the projection's ablation, and its
+    per-layer sum against 'both'; the activation norm and CKA read one value per layer (the attention
+    block's output, Act-LoRA L242), and that one vector is correlated with each projection's ablation, as the
+    paper's Table 11 does (L437: activation norms against "both Q and V projections"). ``vectors`` in the
+    result says which was used. Fig. 12's heatmaps: layers x metrics, one per projection."""
     ablation = artifacts.read_artifact(cfg.run_dir / "ablation.json", "ablation", model_name=cfg.model.name)
-    by_scorer = {}
+    by_scorer, by_target = {}, {}
     for scorer in scorers:
         ui.note(f"correlation: {scorer}")
         extra = {"probe.adapter": str(cfg.run_dir / "adapter")} if scorer == "weight_delta" else {}
@@ -89,10 +97,22 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
             cfg.with_overrides({"probe.scorer": scorer, **extra}), out, f"corr_{scorer}", cfg.probe.seed
         )
         by_scorer[scorer] = doc["scores"]
-    results = {
-        part: correlation.correlate_with_reference(by_scorer, importance)
-        for part, importance in ablation["importance"].items()
-    }
+        by_target[scorer] = doc.get("scores_by_target") or {}
+    results, vectors = {}, {}
+    for part, reference in ablation["importance"].items():
+        vectors[part] = {s: "per projection" if part in by_target[s] else "per layer" for s in scorers}
+        chosen = {s: by_target[s][part] if part in by_target[s] else by_scorer[s] for s in scorers}
+        results[part] = correlation.correlate_with_reference(chosen, reference)
+        if part != "both":  # Fig. 12: one heatmap per projection, layers x metrics
+            columns = {**chosen, f"ablation ({part})": reference}
+            plots.plot_heatmap(
+                {f"layer {i}": [values[i] for values in columns.values()] for i in range(len(reference))},
+                out / f"correlation_heatmap_{part}.png",
+                f"{part} projection: layer importance by metric (min-max) and by ablation",
+                xlabel="metric",
+                ylabel="layer",
+                column_labels=list(columns),
+            )
     plots.plot_heatmap(
         {**by_scorer, "ablation (q+v)": ablation["importance"]["both"]},
         out / "correlation_heatmap.png",
@@ -100,6 +120,8 @@ def study_correlation(cfg: Config, scorers: list[str], out: Path) -> dict[str, A
     )
     payload = {
         "scores": by_scorer,
+        "scores_by_target": {s: t for s, t in by_target.items() if t},
+        "vectors": vectors,
         "ablation": ablation["importance"],
         "ablation_drop": ablation["drop"],
         "results": results,
@@ -146,10 +168,19 @@ def study_markdown(name: str, result: dict[str, Any], folder: Path) -> str:
             folder, "tasks_scores.png", "scores by task"
         )
     if name == "correlation":
-        sections = "\n".join(
-            f"### ablating {part}\n\n" + correlation.markdown(r) for part, r in result["results"].items()
-        )
-        return sections + report.image(
+        parts = []
+        for part, r in result["results"].items():
+            how = result.get("vectors", {}).get(part)
+            vectors = (
+                "\nScorer vectors: " + "; ".join(f"{s} {v}" for s, v in how.items()) + "\n" if how else ""
+            )
+            image = report.image(
+                folder,
+                f"correlation_heatmap_{part}.png",
+                f"{part} projection: importance by metric and by ablation",
+            )
+            parts.append(f"### ablating {part}\n\n" + correlation.markdown(r) + vectors + image)
+        return "\n".join(parts) + report.image(
             folder, "correlation_heatmap.png", "layer importance by scorer (min-max) and by ablation"
         )
     if name == "thresholds":

@@ -24,7 +24,7 @@ import torch
 from . import artifacts, costmodel, model_card, runfolder, tracking, ui
 from .adapters import Adapted, adapted_layers, apply_method, count_parameters
 from .checkpoints import last_checkpoint, load_state, save_checkpoint, seed_everything, set_rng_state
-from .config import Config
+from .config import Config, TrainSection
 from .data import (
     Encoded,
     TaskSpec,
@@ -45,7 +45,7 @@ from .metrics import evaluate as compute_metrics
 from .modeling import Architecture, autocast_context, autocast_settings, checkpoint_layers, load_for
 from .prefix_cache import PrefixCache, frozen_prefix
 from .rank import resolve_plan
-from .selection import Plan
+from .selection import Plan, every_layer
 from .timing import HostLoad, PhaseTimer
 
 
@@ -215,17 +215,7 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
     )  # fmt: skip
     # after the method is applied: peft makes the inputs require grad when it wraps a checkpointing model
     checkpointed = checkpoint_layers(model, loaded.arch, min(plan.layers)) if t.gradient_checkpointing else []
-    ddp_model = model
-    if ctx.enabled:
-        # every trainable parameter is used in every step, so DDP need not search for unused ones
-        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, find_unused_parameters=False
-        )
-    params = [p for p in model.parameters() if p.requires_grad]
-    # fused AdamW: one kernel for every parameter on CUDA (no such kernel on CPU)
-    fused = {"fused": True} if ctx.device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+    ddp_model, params, optimizer = optimization(model, t, ctx)
     warmup = round(t.warmup_ratio * total_steps)
     scheduler = make_scheduler(t.scheduler, optimizer, total_steps, warmup)
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
@@ -234,6 +224,55 @@ def setup_run(cfg: Config, plan: Plan | None) -> Run:
         total_steps, adapted, ddp_model, params, optimizer, scheduler, scaler, amp_dtype,
         autocast_context(amp_dtype, ctx.device), cache, prefix, prep, trainable, total, tracker, checkpointed,
         loaded.tokenizer,
+    )  # fmt: skip
+
+
+def optimization(
+    model: torch.nn.Module, t: TrainSection, ctx: Dist, read_only: list[torch.nn.Parameter] = ()
+) -> tuple[torch.nn.Module, list[torch.nn.Parameter], torch.optim.Optimizer]:
+    """The DDP wrapper (the model itself in one process), the trained parameters and their AdamW. Parameters
+    in ``read_only`` require grad (DDP all-reduces their gradients too) but are not trained: the probe's
+    training regime reads the projections' gradients that way (probe.regime=training)."""
+    ddp_model = model
+    if ctx.enabled:
+        # every trainable parameter is used in every step, so DDP need not search for unused ones
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=False
+        )
+    skip = {id(p) for p in read_only}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
+    # fused AdamW: one kernel for every parameter on CUDA (no such kernel on CPU)
+    fused = {"fused": True} if ctx.device.type == "cuda" else {}
+    return ddp_model, params, torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused)
+
+
+def probe_run(
+    cfg: Config,
+    ctx: Dist,
+    spec: TaskSpec,
+    arch: Architecture,
+    adapted: Adapted,
+    data: Encoded,
+    read_only: list[torch.nn.Parameter],
+    steps: int,
+) -> Run:
+    """The Run of the probe's training regime (probe.regime=training): ``adapted`` (LoRA on every layer) is
+    trained by ``step_on`` as in ``actlora train`` (train.precision, weight_decay, max_grad_norm), at a
+    constant train.lr for the ``steps`` probe batches; no evaluation, checkpoint or frozen prefix.
+    ``read_only`` (the projections the gradient scorers read) must already require grad."""
+    t = cfg.train
+    amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
+    check_precision(adapted.model, amp_dtype)
+    ddp_model, params, optimizer = optimization(adapted.model, t, ctx, read_only)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    trainable = sum(p.numel() for p in params)
+    total = sum(p.numel() for p in adapted.model.parameters())
+    return Run(
+        cfg, ctx, spec, arch, every_layer(arch.num_layers), ctx.world, data, {}, steps, steps, adapted,
+        ddp_model, params, optimizer, scheduler, scaler, amp_dtype, autocast_context(amp_dtype, ctx.device),
+        None, {}, {}, trainable, total,
     )  # fmt: skip
 
 
@@ -393,8 +432,17 @@ def train_step(run: Run, global_batch: list[int], step: int, timer: PhaseTimer) 
     # the clock starts, so the phases time the model, not the padding loop
     rows = [shard(global_batch[i :: t.grad_accum], ctx.rank, ctx.world) for i in range(t.grad_accum)]
     micro_batches = [to_device(collate(run.train_data, r), ctx.device) for r in rows]
+    return step_on(run, micro_batches, rows, len(global_batch), step, timer)
+
+
+def step_on(
+    run: Run, micro_batches: list[dict], rows: list[list[int]], global_size: int, step: int, timer: PhaseTimer
+) -> StepResult:
+    """The optimizer step of ``train_step`` on micro-batches already collated and on the device (this rank's
+    ``rows`` of a global batch of ``global_size`` examples); the probe's training regime calls it directly."""
+    t, ctx = run.cfg.train, run.ctx
     timer.start()
-    loss_sum, regularizer, mem_forward = forward_backward(run, micro_batches, rows, len(global_batch), timer)
+    loss_sum, regularizer, mem_forward = forward_backward(run, micro_batches, rows, global_size, timer)
     mem_peak = timer.memory(peak=True)
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
@@ -412,7 +460,7 @@ def train_step(run: Run, global_batch: list[int], step: int, timer: PhaseTimer) 
     optimizer_step(run, step)
     timer.mark()
     memory = (mem_forward, mem_peak, timer.memory())
-    return StepResult(loss, extra, lr, timer.phases_ms(), memory, len(global_batch))
+    return StepResult(loss, extra, lr, timer.phases_ms(), memory, global_size)
 
 
 def forward_backward(

@@ -281,6 +281,7 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
     for w in (w for layer in weights for w in layer):
         w.requires_grad_(True)
     totals = {kind: np.zeros(arch.num_layers) for kind in GRADIENT_KINDS}
+    by_target = {kind: {t: np.zeros(arch.num_layers) for t in targets} for kind in GRADIENT_KINDS}
     per_batch = {kind: [] for kind in GRADIENT_KINDS}
     for batch in batches:
         before = {kind: t.copy() for kind, t in totals.items()}
@@ -289,15 +290,20 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
         loss = F.mse_loss(logits.squeeze(-1), labels) if regression else F.cross_entropy(logits, labels)
         for i, layer in enumerate(weights):
             grads = torch.autograd.grad(loss, layer, retain_graph=True)
-            for w, g in zip(layer, grads, strict=True):
+            for target, w, g in zip(targets, layer, grads, strict=True):
                 w64, g64 = w.detach().double(), g.double()
-                totals["grad_norm"][i] += float(g64.pow(2).sum().sqrt())
-                totals["fisher"][i] += float(g64.pow(2).sum())
-                totals["taylor"][i] += float((w64 * g64).abs().sum())
+                values = {
+                    "grad_norm": float(g64.pow(2).sum().sqrt()),
+                    "fisher": float(g64.pow(2).sum()),
+                    "taylor": float((w64 * g64).abs().sum()),
+                }
+                for kind, value in values.items():
+                    totals[kind][i] += value
+                    by_target[kind][target][i] += value / len(batches)
         for kind in GRADIENT_KINDS:
             per_batch[kind].append(totals[kind] - before[kind])
     means = {kind: (t / len(batches)).tolist() for kind, t in totals.items()}
-    return means, {kind: np.stack(rows) for kind, rows in per_batch.items()}
+    return means, {kind: np.stack(rows) for kind, rows in per_batch.items()}, by_target
 
 
 @pytest.mark.parametrize(
@@ -313,11 +319,15 @@ def _reference_gradient_stats(model, arch, batches, targets, regression):
 def test_gradient_scorers_match_hand_autograd(tiny_models, family, targets, num_labels):
     tok, model, arch = _load(tiny_models[family], num_labels)
     batches = _batches(tok, regression=num_labels == 1)
-    expected, rows = _reference_gradient_stats(model, arch, batches, targets, num_labels == 1)
+    expected, rows, by_target = _reference_gradient_stats(model, arch, batches, targets, num_labels == 1)
     cfg = Config.model_validate({"lora": {"targets": targets}})
     for kind in GRADIENT_KINDS:
         stat = SCORERS[kind](model, arch, iter(batches), cfg, CPU)
         assert stat.raw == pytest.approx(expected[kind], rel=1e-6), kind
+        # per projection (Table 11's Q and V rows): each target's weights alone
+        assert list(stat.by_target) == targets
+        for target in targets:
+            assert stat.by_target[target] == pytest.approx(by_target[kind][target].tolist(), rel=1e-6)
         # the per-batch values and their standard error over the S batches, as activation norms record them
         np.testing.assert_allclose(stat.per_batch, rows[kind], rtol=1e-6)
         np.testing.assert_allclose(stat.raw_stderr, rows[kind].std(axis=0, ddof=1) / np.sqrt(2), rtol=1e-5)
@@ -384,8 +394,9 @@ def test_gradient_scorer_names_a_target_that_matches_nothing(tiny_models):
 # Weight delta
 
 
-def _reference_delta(peft_model, arch):
-    """Reference: ||scaling * B @ A||_F formed explicitly from the live peft modules, summed per layer."""
+def _reference_delta(peft_model, arch, per_module: dict | None = None):
+    """Reference: ||scaling * B @ A||_F formed explicitly from the live peft modules, summed per layer (and
+    each module's own norm into ``per_module`` by its name's last part, e.g. 'query')."""
     out = [None] * arch.num_layers
     for name, module in peft_model.named_modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
@@ -396,6 +407,8 @@ def _reference_delta(peft_model, arch):
             )
             norm = float(torch.linalg.matrix_norm(module.scaling["default"] * (b @ a)))
             out[layer] = (out[layer] or 0.0) + norm
+            if per_module is not None:
+                per_module.setdefault(name.rsplit(".", 1)[1], [None] * arch.num_layers)[layer] = norm
     return out
 
 
@@ -406,9 +419,16 @@ def test_weight_delta_matches_hand_computation(tiny_models, adapters, family):
     stat = SCORERS["weight_delta"](
         model, arch, iter(()), _cfg(scorer="weight_delta", adapter=str(folder)), CPU
     )
-    expected = _reference_delta(peft_model, arch)
+    per_module = {}
+    expected = _reference_delta(peft_model, arch, per_module)
     assert all(v is not None for v in expected)
     assert stat.raw == pytest.approx(expected, rel=1e-6)
+    # per projection, keyed by the logical name
+    assert sorted(stat.by_target) == ["q", "v"]
+    for logical in ("q", "v"):
+        assert stat.by_target[logical] == pytest.approx(
+            per_module[arch.relative(logical).split(".")[-1]], rel=1e-6
+        )
     assert stat.batches == 0 and stat.examples == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -136,7 +137,7 @@ def test_correlation_with_ablation(setup):
     results = doc["result"]["results"]
     assert set(results) == {"q", "v", "both"}
     assert set(results["both"]) == {"activation_norm", "cka", "grad_norm", "fisher", "taylor", "weight_delta"}
-    from scipy.stats import pearsonr, spearmanr
+    from scipy.stats import kendalltau, pearsonr, spearmanr
 
     ablation = json.loads((root / "run" / "ablation.json").read_text())["importance"]["both"]
     for scorer, scores in doc["result"]["scores"].items():
@@ -145,6 +146,32 @@ def test_correlation_with_ablation(setup):
             assert values["spearman"] == pytest.approx(spearmanr(scores, ablation)[0], abs=1e-9)
             assert values["pearson"] == pytest.approx(pearsonr(scores, ablation)[0], abs=1e-9)
     assert (out / "correlation_heatmap.png").is_file()
+    # per projection (Table 11's Q and V rows, Fig. 12): a projection-measuring scorer's own reading of that
+    # projection against its ablation; a per-layer reading (activation norms, CKA) against each, as the paper
+    importance = json.loads((root / "run" / "ablation.json").read_text())["importance"]
+    by_target = doc["result"]["scores_by_target"]
+    assert sorted(by_target) == ["fisher", "grad_norm", "taylor", "weight_delta"]
+    for part in ("q", "v"):
+        for scorer, values in results[part].items():
+            per_projection = scorer in by_target
+            vector = by_target[scorer][part] if per_projection else doc["result"]["scores"][scorer]
+            how = doc["result"]["vectors"][part][scorer]
+            assert how == ("per projection" if per_projection else "per layer")
+            if values["kendall"] is not None:
+                assert values["kendall"] == pytest.approx(kendalltau(vector, importance[part])[0], abs=1e-9)
+                assert values["spearman"] == pytest.approx(spearmanr(vector, importance[part])[0], abs=1e-9)
+                assert values["pearson"] == pytest.approx(pearsonr(vector, importance[part])[0], abs=1e-9)
+            cosine = (
+                np.dot(vector, importance[part]) / np.linalg.norm(vector) / np.linalg.norm(importance[part])
+            )
+            assert values["cosine"] == pytest.approx(cosine, abs=1e-9)
+        assert (out / f"correlation_heatmap_{part}.png").stat().st_size > 0
+    # the per-projection readings are the probe's, min-max scaled
+    probe = json.loads((out / "scores" / "corr_grad_norm" / "scores.json").read_text())
+    assert by_target["grad_norm"] == probe["scores_by_target"]
+    for part in ("q", "v"):
+        raw = np.array(probe["raw_by_target"][part])
+        assert by_target["grad_norm"][part] == pytest.approx((raw - raw.min()) / (raw.max() - raw.min()))
 
 
 @pytest.mark.slow

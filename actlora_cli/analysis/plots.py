@@ -119,7 +119,10 @@ def plot_heatmap(
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap)
     fig.colorbar(image, ax=ax)
     ax.set(xticks=range(n_columns), yticks=range(len(rows)), xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.set_xticklabels(column_labels if column_labels is not None else range(n_columns))
+    if column_labels is None:
+        ax.set_xticklabels(range(n_columns))
+    else:  # names (metrics, tasks) are wider than a cell: slanted so that neighbours do not overlap
+        ax.set_xticklabels(column_labels, rotation=30, ha="right")
     ax.set_yticklabels(rows)
     return _save(fig, path)
 

@@ -13,6 +13,7 @@ from torch import nn
 from ..distributed import all_reduce_sum
 from ..modeling import Architecture, Site
 from .hooks import reading_hooks
+from .regime import Inference, Regime
 
 
 @dataclass
@@ -32,6 +33,10 @@ class LayerStatistic:
     # per batch, per layer: the values averaged into raw (activation norms), for the paired standard error of
     # two layers' difference (selection.paired_noise); None where the scorer does not keep them
     per_batch: list[list[float]] | None = None
+    # per projection (a target of lora.targets, or an adapted module), the raw per-layer values of that
+    # projection alone, for scorers that measure projections (gradients, weight delta); None for the
+    # per-layer readings (activation norms, CKA)
+    by_target: dict[str, list[float | None]] | None = None
 
 
 class _Accumulator:
@@ -84,10 +89,10 @@ def probe_hooks(model: nn.Module, arch: Architecture, site: Site, acc: _Accumula
     return reading_hooks(points, "probe")
 
 
-def activation_norm_scorer(model, arch, batches, cfg, device, stop=None) -> LayerStatistic:
-    """The registry's entry: every scorer takes (model, arch, batches, cfg, device); this one also a stop
-    rule (probe.steps=auto)."""
-    return activation_norms(model, arch, batches, cfg.probe.site, device, stop)
+def activation_norm_scorer(model, arch, batches, cfg, device, stop=None, regime=None) -> LayerStatistic:
+    """The registry's entry: every scorer takes (model, arch, batches, cfg, device) and a probe regime
+    (``regime.py``; None: inference); this one also a stop rule (probe.steps=auto)."""
+    return activation_norms(model, arch, batches, cfg.probe.site, device, stop, regime)
 
 
 def activation_norms(
@@ -97,20 +102,22 @@ def activation_norms(
     site: Site,
     device: torch.device,
     stop: Callable[[torch.Tensor], bool] | None = None,
+    regime: Regime | None = None,
 ) -> LayerStatistic:
-    """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l.
+    """A_l = (1/S) sum_t mean_{non-pad tokens i} ||h_l(x_t)_i||_2, for every layer l, read in the forward of
+    each batch (``regime``: inference, or a training step).
 
     With ``stop``, after each batch it is handed the per-batch means so far (all-reduced, on the device;
     a host sync per batch) and the probe ends early when it returns True; S is then the batches used."""
     acc = _Accumulator(arch.num_layers, device)
     examples = torch.zeros((), dtype=torch.float64, device=device)
-    model.eval()
     start = time.perf_counter()
-    with torch.inference_mode(), probe_hooks(model, arch, site, acc):
+    # the hooks go on after the session opens: a training session's adapters are in place by then
+    with (regime or Inference()).session(model, arch, []) as step, probe_hooks(model, arch, site, acc):
         for batch in batches:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             acc.set_batch(batch["attention_mask"])
-            model(**batch)
+            step(batch)
             examples += batch["input_ids"].shape[0]
             if stop is not None and stop(acc.batch_means()[0]):
                 break

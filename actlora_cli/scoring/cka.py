@@ -37,6 +37,7 @@ from ..distributed import all_reduce_sum
 from ..modeling import Architecture
 from .activation import LayerStatistic
 from .hooks import reading_hooks
+from .regime import Inference, Regime
 
 Pooling = Literal["first", "last", "mean"]
 
@@ -175,21 +176,22 @@ def cka_scorer(
     batches: Iterable[dict[str, torch.Tensor]],
     cfg,
     device: torch.device,
+    regime: Regime | None = None,
 ) -> LayerStatistic:
-    """score_l = 1 - linear CKA(input of layer l, output of layer l) over every probe example."""
+    """score_l = 1 - linear CKA(input of layer l, output of layer l) over every probe example, read in the
+    forward of each batch (``regime``: inference, or a training step)."""
     moments = _Moments(arch.num_layers, resolve_pooling(cfg.probe.pooling, arch), device)
     tokens = torch.zeros((), dtype=torch.float64, device=device)
     batches_seen = 0
-    model.eval()
     start = time.perf_counter()
     # the authors' code compares a decoder's last layer input with the hidden state after the final norm
     last_output = final_norm(model, arch) if cfg.probe.cka_last == "final_norm" else None
     hooks = layer_io_hooks(model, arch, moments.add_input, moments.add_output, last_output)
-    with torch.inference_mode(), hooks:
+    with (regime or Inference()).session(model, arch, []) as step, hooks:
         for batch in batches:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             moments.set_batch(batch["attention_mask"])
-            model(**batch)
+            step(batch)
             tokens += batch["attention_mask"].sum()
             batches_seen += 1
         raw = moments.scores()

@@ -9,33 +9,36 @@ per layer and averaged over the batches:
 - ``taylor``: sum over the layer's target weights of sum(|W * dL/dW|), the first-order Taylor estimate of the
   loss change from removing the weights.
 
-The model runs in eval mode (no dropout: the statistic is deterministic for a given set of batches), with
-``requires_grad`` switched on for the target weights only and every parameter's flag restored afterwards.
-Gradients come from ``torch.autograd.grad``, so no ``.grad`` is ever written and nothing needs zeroing.
-Under DDP each rank's gradient (of its mean loss over its share of the batch) is all-reduced into the
-gradient of the mean loss over the whole global batch before the statistics are taken: every rank then
-holds what one process scoring the whole batch would compute. This costs one all-reduce of the target
+Per projection (``by_target``): the same statistic with the sum taken over one target's weights only (the
+Q and V rows of Table 11 and Fig. 12); the per-layer value is the sum over the targets.
+
+How the batch is run is ``probe.regime`` (``regime.py``). In inference (the default) the model runs in eval
+mode (no dropout: the statistic is deterministic for a given set of batches), with ``requires_grad``
+switched on for the target weights only and every parameter's flag restored afterwards; gradients come from
+``torch.autograd.grad``, so no ``.grad`` is ever written. In training, the gradient is that of each optimizer
+step's loss with respect to the same weights (the frozen base weights W of the adapted projections; taylor's
+w is W too). Under DDP each rank's gradient (of its mean loss over its share of the batch) is all-reduced
+into the gradient of the mean loss over the whole global batch before the statistics are taken: every rank
+then holds what one process scoring the whole batch would compute. This costs one all-reduce of the target
 weights' gradients per probe batch, the price of statistics that do not depend on the number of ranks
 (averaging per-rank norms would not be: the norm of a mean is not the mean of the norms).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..distributed import all_reduce_sum
 from ..errors import ModelError, Problem
-from ..losses import compute_loss
 from ..modeling import Architecture, target_suffixes
 from .activation import LayerStatistic
+from .regime import Inference, Regime
 
 Kind = Literal["grad_norm", "fisher", "taylor"]
 
@@ -47,19 +50,24 @@ STATISTICS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def target_weights(model: nn.Module, arch: Architecture, targets: list[str]) -> list[list[nn.Parameter]]:
-    """Per layer, the weights of the modules ``lora.targets`` names (matched as peft matches
-    ``target_modules``: the module's path inside the layer equals the target or ends with ``.target``)."""
+def target_weights(
+    model: nn.Module, arch: Architecture, targets: list[str]
+) -> list[list[tuple[str, nn.Parameter]]]:
+    """Per layer, (target, weight) for the modules ``lora.targets`` names (matched as peft matches
+    ``target_modules``: the module's path inside the layer equals the target or ends with ``.target``); a
+    module two targets name counts once, for the first."""
     suffixes = target_suffixes(arch, targets)
     per_layer = []
     for index in range(arch.num_layers):
         layer = model.get_submodule(arch.layer_path(index))
-        weights = [
-            module.weight
-            for name, module in layer.named_modules()
-            if any(name == s or name.endswith("." + s) for s in suffixes)
-            and isinstance(getattr(module, "weight", None), torch.Tensor)
-        ]
+        weights = []
+        for name, module in layer.named_modules():
+            if not isinstance(getattr(module, "weight", None), torch.Tensor):
+                continue
+            named = [t for t, s in zip(targets, suffixes, strict=True) if name == s or name.endswith("." + s)]
+            target = named[0] if named else None
+            if target is not None:
+                weights.append((target, module.weight))
         if not weights:
             raise ModelError(
                 Problem(
@@ -68,7 +76,7 @@ def target_weights(model: nn.Module, arch: Architecture, targets: list[str]) -> 
                     "use q, k, v, o or a module name suffix of the layer",
                 )
             )
-        if not all(w.is_floating_point() for w in weights):
+        if not all(w.is_floating_point() for _, w in weights):
             raise ModelError(
                 Problem(
                     "probe.scorer",
@@ -80,35 +88,6 @@ def target_weights(model: nn.Module, arch: Architecture, targets: list[str]) -> 
     return per_layer
 
 
-@contextlib.contextmanager
-def only_these_require_grad(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
-    """Gradients for ``params`` only (no wasted backward into the rest) and eval mode; every parameter's
-    ``requires_grad`` and the module's training flag are restored on exit, error or not."""
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    wanted = {id(p) for p in params}
-    try:
-        for p, _ in saved:
-            p.requires_grad_(id(p) in wanted)
-        model.eval()
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def global_mean_gradient(grads: tuple[torch.Tensor, ...], examples: int) -> tuple[torch.Tensor, ...]:
-    """Per-rank gradients of the mean loss over each rank's share -> the gradient of the mean loss over the
-    global batch (sum_r n_r g_r / sum_r n_r). A no-op in a single process."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return grads
-    total = all_reduce_sum(torch.tensor(float(examples), device=grads[0].device))
-    for g in grads:
-        all_reduce_sum(g.mul_(examples)).div_(total)
-    return grads
-
-
 def gradient_scorer(
     model: nn.Module,
     arch: Architecture,
@@ -117,37 +96,39 @@ def gradient_scorer(
     device: torch.device,
     *,
     kind: Kind,
+    regime: Regime | None = None,
 ) -> LayerStatistic:
-    """(1/S) sum_t sum_{W in layer l's targets} stat(W, dL_t/dW), for every layer l (see the module
-    docstring)."""
+    """(1/S) sum_t sum_{W in layer l's targets} stat(W, dL_t/dW), for every layer l, and per target (see the
+    module docstring)."""
     stat = STATISTICS[kind]
     per_layer = target_weights(model, arch, cfg.lora.targets)
-    flat = [w for weights in per_layer for w in weights]
-    owner = torch.tensor([i for i, weights in enumerate(per_layer) for _ in weights], device=device)
-    regression = model.config.num_labels == 1
+    pairs = [(i, target, w) for i, weights in enumerate(per_layer) for target, w in weights]
+    flat = [w for _, _, w in pairs]
+    names = list(dict.fromkeys(target for _, target, _ in pairs))  # the targets found, in lora.targets order
+    # column of each weight in a (layer x target) table
+    cell = torch.tensor([i * len(names) + names.index(t) for i, t, _ in pairs], device=device)
     values: list[torch.Tensor] = []
     tokens = torch.zeros((), dtype=torch.float64, device=device)
     examples = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
-    with torch.inference_mode(False), torch.enable_grad(), only_these_require_grad(model, flat):
+    with (regime or Inference()).session(model, arch, flat) as step:
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            loss = compute_loss(model(**batch).logits, labels, regression)
-            grads = global_mean_gradient(torch.autograd.grad(loss, flat), labels.shape[0])
+            grads = step(batch)
             per_weight = torch.stack([stat(w, g) for w, g in zip(flat, grads, strict=True)])
-            values.append(
-                torch.zeros(arch.num_layers, dtype=torch.float64, device=device).index_add_(
-                    0, owner, per_weight
-                )
-            )
+            table = torch.zeros(arch.num_layers * len(names), dtype=torch.float64, device=device)
+            values.append(table.index_add_(0, cell, per_weight).view(arch.num_layers, len(names)))
             tokens += batch["attention_mask"].sum()
-            examples += labels.shape[0]
+            examples += batch["labels"].shape[0]
     # the statistics are of the global batch's gradient, already identical on every rank: no reduction
-    stacked = torch.stack(values) if values else None
-    raw = stacked.mean(dim=0).tolist() if stacked is not None else [None] * arch.num_layers
+    stacked = torch.stack(values) if values else None  # (batches, layers, targets)
+    by_layer = stacked.sum(dim=2) if stacked is not None else None
+    raw = by_layer.mean(dim=0).tolist() if by_layer is not None else [None] * arch.num_layers
     # the spread of the per-batch values, as for activation norms: whether two layers are told apart
-    stderr = (stacked.std(dim=0) / len(values) ** 0.5).tolist() if len(values) >= 2 else None
+    stderr = (by_layer.std(dim=0) / len(values) ** 0.5).tolist() if len(values) >= 2 else None
+    by_target = None
+    if stacked is not None:
+        by_target = {t: stacked[:, :, j].mean(dim=0).tolist() for j, t in enumerate(names)}
     return LayerStatistic(
         raw=raw,
         batches=len(values),
@@ -155,7 +136,8 @@ def gradient_scorer(
         examples=int(all_reduce_sum(examples).item()),
         forward_seconds=time.perf_counter() - start,
         raw_stderr=stderr,
-        per_batch=stacked.tolist() if stacked is not None else None,
+        per_batch=by_layer.tolist() if by_layer is not None else None,
+        by_target=by_target,
     )
 
 

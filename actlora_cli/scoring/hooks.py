@@ -14,17 +14,18 @@ HookPoint = tuple[nn.Module, Literal["input", "output"], Callable[[torch.Tensor]
 
 
 def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    return (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).detach()
 
 
 def _first_output(out) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
+    return (out[0] if isinstance(out, tuple) else out).detach()
 
 
 @contextlib.contextmanager
 def reading_hooks(points: list[HookPoint], owner: str) -> Iterator[None]:
     """For each (module, 'input' | 'output', callback): call back with the module's first input (or
-    ``hidden_states=``) or its output (a tuple's first element) on every forward, inside the block only."""
+    ``hidden_states=``) or its output (a tuple's first element) on every forward, inside the block only.
+    The tensor is detached: a reading made in a training step's forward must not join its graph."""
     installed = []
     for module, which, callback in points:
         if which == "input":

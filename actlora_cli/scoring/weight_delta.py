@@ -71,8 +71,12 @@ def delta_norm(a: torch.Tensor, b: torch.Tensor, scaling: float) -> float:
     return abs(scaling) * math.sqrt(max(0.0, float(((b.T @ b) * (a @ a.T)).sum())))
 
 
-def adapter_delta_norms(folder: Path, model: nn.Module, arch: Architecture) -> list[float | None]:
-    """Per layer, sum over its adapted modules of ||s B A||_F; None for layers the adapter leaves alone."""
+def adapter_delta_norms(
+    folder: Path, model: nn.Module, arch: Architecture
+) -> tuple[list[float | None], dict[str, list[float | None]]]:
+    """Per layer, sum over its adapted modules of ||s B A||_F (None for layers the adapter leaves alone); and
+    per projection the same norm of that module alone, keyed by its logical name (q, v, ...) or, for a module
+    that is none of those, by its path inside the layer."""
     from peft.utils.other import get_pattern_key
 
     config, tensors = read_adapter(folder)
@@ -82,6 +86,8 @@ def adapter_delta_norms(folder: Path, model: nn.Module, arch: Architecture) -> l
         r"\.lora_A\.weight$"
     )
     raw: list[float | None] = [None] * arch.num_layers
+    by_target: dict[str, list[float | None]] = {}
+    logical = {path: name for name, paths in arch.projections.items() for path in paths}
     for name, a in tensors.items():
         match = key.match(name.removeprefix(PEFT_PREFIX))
         if match is None:
@@ -111,7 +117,10 @@ def adapter_delta_norms(folder: Path, model: nn.Module, arch: Architecture) -> l
         r = a.shape[0]  # the module's own rank (rank_pattern is already in the shapes)
         alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config["lora_alpha"])
         scaling = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
-        raw[layer] = (raw[layer] or 0.0) + delta_norm(a, b, scaling)
+        norm = delta_norm(a, b, scaling)
+        raw[layer] = (raw[layer] or 0.0) + norm
+        projection = logical.get(f"{arch.layer_path(layer)}.{match['rel']}", match["rel"])
+        by_target.setdefault(projection, [None] * arch.num_layers)[layer] = norm
     if all(v is None for v in raw):
         raise ModelError(
             Problem(
@@ -120,7 +129,7 @@ def adapter_delta_norms(folder: Path, model: nn.Module, arch: Architecture) -> l
                 "give an adapter trained on this model",
             )
         )
-    return raw
+    return raw, by_target
 
 
 def _base_shape(model: nn.Module, path: str) -> tuple[int, int] | None:
@@ -136,11 +145,17 @@ def _base_shape(model: nn.Module, path: str) -> tuple[int, int] | None:
 
 
 def weight_delta_scorer(
-    model: nn.Module, arch: Architecture, batches, cfg, device: torch.device
+    model: nn.Module, arch: Architecture, batches, cfg, device: torch.device, regime=None
 ) -> LayerStatistic:
-    """The registry's entry: reads ``probe.adapter``; ``batches`` is left unconsumed."""
+    """The registry's entry: reads ``probe.adapter``; ``batches`` is left unconsumed and ``regime`` unused (no
+    data is read, so there is nothing to run; the config refuses probe.regime=training for this scorer)."""
     start = time.perf_counter()
-    raw = adapter_delta_norms(Path(cfg.probe.adapter).expanduser(), model, arch)
+    raw, by_target = adapter_delta_norms(Path(cfg.probe.adapter).expanduser(), model, arch)
     return LayerStatistic(
-        raw=raw, batches=0, tokens=0, examples=0, forward_seconds=time.perf_counter() - start
+        raw=raw,
+        batches=0,
+        tokens=0,
+        examples=0,
+        forward_seconds=time.perf_counter() - start,
+        by_target=by_target,
     )
