@@ -1,6 +1,6 @@
 """Write the committed results' reports again from their JSON, and a screenshot of each HTML page beside it.
 
-    python scripts/report_pages.py [FOLDER ...]   # default: the three committed results folders
+    python scripts/report_pages.py [FOLDER ...]   # default: the committed results folders
 
 For each folder, ``actlora report`` (nothing is probed, trained or plotted again) writes every study's and
 comparison's Markdown, its charts linked, and one self-contained HTML page; headless Chromium (Debian:
@@ -17,7 +17,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("results/frontier_minilm_movies", "results/studies/minilm", "results/sweep_movies_demo")
+FOLDERS = (
+    "results/frontier_minilm_movies",
+    "results/studies/minilm",
+    "results/studies/minilm_training_regime",
+    "results/studies/smollm2",
+    "results/sweep_movies_demo",
+)
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # headless, and nothing that reaches for the network (this machine's network is closed: without these,
 # Chromium retries refused connections) or does first-run work

@@ -28,6 +28,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PAGES = {
     "results/frontier_minilm_movies": ["frontier"],
     "results/studies/minilm": ["correlation", "stability", "tasks", "thresholds"],
+    "results/studies/minilm_training_regime": ["stability"],
+    "results/studies/smollm2": ["stability", "thresholds"],
     "results/sweep_movies_demo": ["comparison"],
 }
 COMMITTED = [ROOT / folder / f"{name}.html" for folder, names in PAGES.items() for name in names]
