@@ -224,6 +224,29 @@ def test_cka_degenerate_encoder_pair(tiny_models, family):
     assert all(isinstance(v, float) and math.isfinite(v) for v in mean.raw)
 
 
+def _moments(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    x, y = x.double(), y.double()
+    return {"n": torch.tensor(float(len(x))), "x": x.sum(0), "y": y.sum(0), "xx": x.T @ x, "yy": y.T @ y,
+            "xy": x.T @ y}  # fmt: skip
+
+
+def test_cka_one_vector_with_rounding_drift_is_undefined_and_real_spread_is_not():
+    """The same vector computed by kernels of other batch shapes differs by a few float32 ulps: still one
+    vector (undefined, not "maximally dissimilar"); a spread of 1e-4 (far above rounding) is a real one."""
+    from actlora_cli.scoring.cka import one_minus_cka
+
+    eps = torch.finfo(torch.float32).eps
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(16, generator=gen) + 3.0
+    y = torch.randn(64, 16, generator=gen)
+    # every example's vector within 4 ulps of the others (relative), as a different kernel would give
+    drift = base * (1 + 4 * eps * torch.randint(-1, 2, (64, 16), generator=gen).float())
+    assert one_minus_cka(_moments(drift, y), eps) is None
+    spread = base + 1e-4 * base.abs().mean() * torch.randn(64, 16, generator=gen)
+    value = one_minus_cka(_moments(spread, y), eps)
+    assert value is not None and 0.0 <= value <= 1.0
+
+
 def test_cka_hand_worked_invariances():
     """CKA is invariant to isotropic scaling and orthogonal maps (score 0) but not to a nonlinear map; the
     toy stack also passes hidden states by keyword and returns tuples, as some families do."""

@@ -13,8 +13,10 @@ example.
 - Memory: three d x d float64 matrices per layer on the model's device, 24 d^2 bytes: 14 MB per layer at
   d=768 (DeBERTa-base, 170 MB for 12 layers), 400 MB per layer at d=4096 (Llama-3.1-8B, 12.9 GB for 32).
 - Undefined layers (raw value None, score 0, listed in ``undefined_layers``): CKA is 0/0 when either side is
-  the same vector for every example, i.e. when the examples' spread around their mean is below the
-  activations' own rounding (relative RMS spread <= the dtype's eps), or with fewer than two examples.
+  the same vector for every example, i.e. when the examples' spread around their mean is within the
+  activations' own rounding (relative RMS spread <= 16 x the dtype's eps, at most 1e-3: the same vector
+  computed in batches of other shapes differs by a few units in the last place, which a bound of one eps
+  let through as a spurious "maximally dissimilar" layer), or with fewer than two examples.
   The known case: an encoder with first-token pooling, whose embedding output at position 0 ([CLS] + position
   0 + segment 0) is identical for every example, so layer 0 is undefined, as the reference code excludes it.
   A decoder with first-token pooling is undefined at every layer (causal attention: the first token sees only
@@ -109,6 +111,9 @@ class _Moments:
         return out
 
 
+ROUNDING_ULPS = 16  # how far one vector computed by kernels of other batch shapes may drift, in eps
+
+
 def one_minus_cka(s: dict[str, torch.Tensor], eps: float) -> float | None:
     """1 - linear CKA from accumulated moments, or None when a side does not vary across examples."""
     n = float(s["n"])
@@ -117,10 +122,11 @@ def one_minus_cka(s: dict[str, torch.Tensor], eps: float) -> float | None:
     cxx = s["xx"] - torch.outer(s["x"], s["x"]) / n
     cyy = s["yy"] - torch.outer(s["y"], s["y"]) / n
     cxy = s["xy"] - torch.outer(s["x"], s["y"]) / n
+    tolerance = min(ROUNDING_ULPS * eps, 1e-3)
     for centred, raw in ((cxx, s["xx"]), (cyy, s["yy"])):
-        # relative RMS spread of the examples around their mean: at or below rounding, the rows are one vector
+        # relative RMS spread of the examples around their mean: within rounding, the rows are one vector
         spread2, energy = float(centred.trace()), float(raw.trace())
-        if energy <= 0 or spread2 <= (eps**2) * energy:
+        if energy <= 0 or spread2 <= (tolerance**2) * energy:
             return None
     denominator = float(torch.linalg.matrix_norm(cxx) * torch.linalg.matrix_norm(cyy))
     if denominator <= 0:
