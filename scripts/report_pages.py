@@ -23,6 +23,8 @@ FOLDERS = (
     "results/studies/minilm_training_regime",
     "results/studies/smollm2",
     "results/sweep_movies_demo",
+    "results/frontier_smollm2_movies",
+    "results/main_minilm_movies_demo",
 )
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # headless, and nothing that reaches for the network (this machine's network is closed: without these,

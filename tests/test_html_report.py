@@ -30,6 +30,8 @@ PAGES = {
     "results/studies/minilm": ["correlation", "stability", "tasks", "thresholds"],
     "results/studies/minilm_training_regime": ["stability"],
     "results/studies/smollm2": ["stability", "thresholds"],
+    "results/frontier_smollm2_movies": ["frontier"],
+    "results/main_minilm_movies_demo": ["minilm_movies_demo_comparison"],
     "results/sweep_movies_demo": ["comparison"],
 }
 COMMITTED = [ROOT / folder / f"{name}.html" for folder, names in PAGES.items() for name in names]
