@@ -192,6 +192,13 @@ class Tracking:
         names = cfg.train.report_to if is_main else []
         self.trackers: list[Tracker] = [TRACKERS[n](cfg.run_dir) for n in names]
 
+    @classmethod
+    def off(cls) -> Tracking:
+        """No trackers (the probe's training regime steps the loop but is no run to report)."""
+        tracking = cls.__new__(cls)
+        tracking.name, tracking.trackers = "", []
+        return tracking
+
     @contextlib.contextmanager
     def session(self, settings: dict[str, Any], step: int) -> Iterator[None]:
         """Start every tracker (``step``: where a resumed run continues); an exception before ``finish`` ends

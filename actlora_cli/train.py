@@ -272,7 +272,7 @@ def probe_run(
     return Run(
         cfg, ctx, spec, arch, every_layer(arch.num_layers), ctx.world, data, {}, steps, steps, adapted,
         ddp_model, params, optimizer, scheduler, scaler, amp_dtype, autocast_context(amp_dtype, ctx.device),
-        None, {}, {}, trainable, total,
+        None, {}, {}, trainable, total, tracking.Tracking.off(), [],
     )  # fmt: skip
 
 

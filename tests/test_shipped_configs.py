@@ -10,8 +10,9 @@ from actlora_cli.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = sorted(ROOT.glob("**/*.yaml"))
-# offline default + its demo + BERT-base SST-2 + DeBERTa-v3-base x 9 GLUE tasks + Llama-3.1-8B QLoRA x 9
-EXPECTED_COUNT = 22
+# offline default + its demo + its frontier + BERT-base SST-2 + SmolLM2-135M + DeBERTa-v3-base x 9 GLUE tasks
+# + Llama-3.1-8B QLoRA x 9
+EXPECTED_COUNT = 23
 
 
 def test_found_every_shipped_config():

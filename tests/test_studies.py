@@ -86,7 +86,7 @@ def test_stability_over_seeds(setup):
 def test_a_study_run_again_reuses_its_probes(setup, monkeypatch):
     """An interrupted study resumes: probes already made from the same config are read back, not rerun; a
     changed setting probes again."""
-    import actlora_cli.studies as studies
+    import actlora_cli.probe as probe
 
     root, cfg = setup
     out = root / "resume"
@@ -94,8 +94,8 @@ def test_a_study_run_again_reuses_its_probes(setup, monkeypatch):
     _run(*args, "--out", out)
     first = _study(out, "stability")["result"]["results"]["activation_norm"]["scores_by_seed"]
     calls = []
-    real = studies.run_probe
-    monkeypatch.setattr(studies, "run_probe", lambda c: calls.append(c) or real(c))
+    real = probe.run_probe
+    monkeypatch.setattr(probe, "run_probe", lambda c: calls.append(c) or real(c))
     _run(*args, "--out", out)
     assert calls == []
     assert _study(out, "stability")["result"]["results"]["activation_norm"]["scores_by_seed"] == first
