@@ -265,7 +265,7 @@ def probe_run(
     amp_dtype, needs_scaler = autocast_settings(t.precision, ctx.device)
     check_precision(adapted.model, amp_dtype)
     ddp_model, params, optimizer = optimization(adapted.model, t, ctx, read_only)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    scheduler = make_scheduler("constant_with_warmup", optimizer, steps, 0)  # train.lr throughout
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     trainable = sum(p.numel() for p in params)
     total = sum(p.numel() for p in adapted.model.parameters())
